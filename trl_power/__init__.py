@@ -1,0 +1,42 @@
+"""trl-power: the power distribution p(y|x)^alpha of a language model, on top of TRL.
+
+Heavy parts (trainers, samplers) are imported lazily, on first attribute access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "PowerSamplingConfig": "trl_power.sampling",
+    "PowerSampler": "trl_power.sampling",
+    "PowerSamplingOutput": "trl_power.sampling",
+    "generate_power_dataset": "trl_power.data",
+    "PowerSelfRewardConfig": "trl_power.trainers.self_reward",
+    "PowerSelfRewardTrainer": "trl_power.trainers.self_reward",
+    "PowerDistillConfig": "trl_power.trainers.distill",
+    "PowerDistillTrainer": "trl_power.trainers.distill",
+    "alpha_to_beta": "trl_power.theory",
+    "beta_to_alpha": "trl_power.theory",
+    "exact_power_distribution": "trl_power.theory",
+}
+
+__all__ = list(_LAZY)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trl_power.data import generate_power_dataset
+    from trl_power.sampling import PowerSampler, PowerSamplingConfig, PowerSamplingOutput
+    from trl_power.theory import alpha_to_beta, beta_to_alpha, exact_power_distribution
+    from trl_power.trainers.distill import PowerDistillConfig, PowerDistillTrainer
+    from trl_power.trainers.self_reward import PowerSelfRewardConfig, PowerSelfRewardTrainer
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trl_power' has no attribute {name!r}")

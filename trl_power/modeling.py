@@ -1,0 +1,130 @@
+"""Small helpers around transformers models that every part of trl-power shares.
+
+- `call_model`: one forward pass with explicit positions and an optional KV cache. transformers 5 renamed
+  `past_key_values` to `cache`; we look the name up once per model class instead of pinning a version.
+- `adapter_disabled`: the reference model of a PEFT student is the same weights with the adapter off.
+- `context_length`, `eos_token_ids`, `ensure_pad_token`: facts about a model/tokenizer pair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+@functools.lru_cache(maxsize=64)
+def _cache_kwarg(model_cls: type) -> str:
+    params = inspect.signature(model_cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def base_model_class(model: torch.nn.Module) -> type:
+    """The class of the transformers model under any PEFT / DDP wrappers."""
+    inner = model
+    for _ in range(5):
+        if hasattr(inner, "get_base_model"):
+            inner = inner.get_base_model()
+        elif hasattr(inner, "module"):
+            inner = inner.module
+        else:
+            break
+    return type(inner)
+
+
+def call_model(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: Any = None,
+    logits_to_keep: int = 0,
+) -> Any:
+    """Forward pass with explicit `position_ids` (left padding and gaps in the mask stay correct)."""
+    kwargs = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "use_cache": cache is not None,
+    }
+    if cache is not None:
+        kwargs[_cache_kwarg(base_model_class(model))] = cache
+    if logits_to_keep:
+        kwargs["logits_to_keep"] = logits_to_keep
+    return model(**kwargs)
+
+
+def output_cache(outputs: Any) -> Any:
+    """The KV cache returned by a forward pass (`cache` in transformers 5, `past_key_values` before)."""
+    cache = getattr(outputs, "cache", None)
+    return cache if cache is not None else getattr(outputs, "past_key_values", None)
+
+
+def is_peft_model(model: torch.nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+@contextlib.contextmanager
+def adapter_disabled(model: torch.nn.Module, disable: bool = True) -> Iterator[None]:
+    """Run the base weights of a PEFT model (adapter off); a no-op for other models or `disable=False`."""
+    inner = model.module if hasattr(model, "module") and not is_peft_model(model) else model
+    if disable and is_peft_model(inner):
+        with inner.disable_adapter():
+            yield
+    else:
+        yield
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Put the model in eval mode (dropout off) and restore its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def text_config(model: torch.nn.Module) -> Any:
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    """The longest sequence the model's positions allow (None when the config does not say)."""
+    return getattr(text_config(model), "max_position_embeddings", None)
+
+
+def eos_token_ids(model: torch.nn.Module, tokenizer: Any = None) -> list[int]:
+    """All token ids that end a completion: the tokenizer's EOS and the model's generation-config EOS."""
+    ids: list[int] = []
+    candidates = [getattr(tokenizer, "eos_token_id", None)]
+    gen_config = getattr(model, "generation_config", None)
+    candidates.append(getattr(gen_config, "eos_token_id", None))
+    candidates.append(getattr(text_config(model), "eos_token_id", None))
+    for cand in candidates:
+        for i in cand if isinstance(cand, list | tuple) else [cand]:
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    if not ids:
+        raise ValueError("Neither the tokenizer nor the model config defines an EOS token id.")
+    return ids
+
+
+def ensure_pad_token(tokenizer: Any) -> Any:
+    """Give a tokenizer without a pad token the EOS token as pad (padding is always tracked by masks here,
+    never by comparing ids, so pad == eos is safe)."""
+    if tokenizer is not None and tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("The tokenizer has neither a pad token nor an EOS token.")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,1 @@
+"""TRL trainers whose target is the power distribution."""
