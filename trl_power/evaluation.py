@@ -1,0 +1,340 @@
+"""Evaluation of answers against a verifier, and the covariance diagnostic of power sampling.
+
+Answers come grouped by prompt: `rewards[i][j]` is the verifier's reward (1 right, 0 wrong) of answer j to
+prompt i. Every average below weights prompts equally.
+
+- accuracy = (1/P) sum_i mean_j r_ij, with standard error sd_i(mean_j r_ij) / sqrt(P).
+- pass@k: the unbiased estimator 1 - C(n - c, k) / C(n, k) for a prompt with n answers, c of them right
+  (Chen et al. 2021), averaged over prompts.
+- self-reward: log p_base(y|x), the sequence log-probability of an answer under the base model.
+- cost: tokens forwarded through the model and wall-clock seconds, per answer.
+- covariance diagnostic: from plain samples of the base model, estimate s -> Cov_{p_s}(r, log p) on
+  [1, alpha] and the gain it predicts, E_{p_alpha}[r] - E_p[r] = integral_1^alpha Cov_{p_s}(r, log p) ds,
+  before paying for a power sampler.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+ArrayLike = Sequence[float] | Sequence[Sequence[float]] | np.ndarray
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one prompt with `n` answers, `c` right: 1 - C(n-c, k) / C(n, k).
+
+    It is the probability that k answers drawn without replacement from the n contain a right one.
+    Computed as 1 - prod_{i=n-c+1}^{n} (1 - k/i), which avoids huge binomials.
+    """
+    if not 0 <= c <= n:
+        raise ValueError(f"need 0 <= c <= n, got c={c}, n={n}")
+    if not 1 <= k <= n:
+        raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def _groups(values: Any) -> list[np.ndarray]:
+    """Rewards as a list of 1-D arrays, one per prompt (a flat list is one prompt)."""
+    if isinstance(values, np.ndarray):
+        return (
+            [np.asarray(v, dtype=np.float64) for v in values]
+            if values.ndim == 2
+            else [values.astype(np.float64)]
+        )
+    values = list(values)
+    if values and isinstance(values[0], Sequence | np.ndarray):
+        return [np.asarray(v, dtype=np.float64) for v in values]
+    return [np.asarray(values, dtype=np.float64)]
+
+
+def accuracy(rewards: ArrayLike) -> float:
+    """(1/P) sum_i mean_j r_ij: the mean reward, each prompt weighted equally."""
+    groups = _groups(rewards)
+    if not groups or any(g.size == 0 for g in groups):
+        raise ValueError("Every prompt needs at least one answer.")
+    return float(np.mean([g.mean() for g in groups]))
+
+
+def mean_pass_at_k(rewards: ArrayLike, k: int) -> float:
+    """pass@k averaged over prompts; an answer counts as right when its reward is >= 0.5."""
+    groups = _groups(rewards)
+    return float(np.mean([pass_at_k(g.size, int((g >= 0.5).sum()), k) for g in groups]))
+
+
+@dataclass
+class MethodResult:
+    """What one decoding method achieved on a task.
+
+    Attributes:
+        method: name of the method ("plain", "low_temperature", "mh", ...).
+        accuracy: mean verifier reward, prompts weighted equally; accuracy_stderr its standard error.
+        pass_at_k: {k: unbiased pass@k averaged over prompts}.
+        mean_self_reward: mean of log p_base(y|x) (sequence sum, nats) over answers.
+        tokens_per_answer: tokens forwarded through the model per answer (all proposals, prefixes and
+            re-reads included: the compute cost, not the answer length).
+        seconds_per_answer: wall-clock seconds per answer.
+        num_prompts, num_answers: sizes.
+        extra: anything else a method wants to report (acceptance rate, ESS, ...).
+    """
+
+    method: str
+    accuracy: float
+    accuracy_stderr: float
+    pass_at_k: dict[int, float]
+    mean_self_reward: float
+    tokens_per_answer: float
+    seconds_per_answer: float
+    num_prompts: int
+    num_answers: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate_method(
+    method: str,
+    rewards: ArrayLike,
+    self_rewards: ArrayLike,
+    tokens_forwarded: float,
+    seconds: float,
+    ks: Sequence[int] = (1, 4, 8),
+    extra: Mapping[str, Any] | None = None,
+) -> MethodResult:
+    """A `MethodResult` from per-prompt rewards and base log-probs of the answers, and the total cost.
+
+    pass@k is reported for every k in `ks` that is <= the smallest number of answers per prompt.
+    """
+    groups = _groups(rewards)
+    lp = np.concatenate(_groups(self_rewards))
+    num_answers = sum(g.size for g in groups)
+    if lp.size != num_answers:
+        raise ValueError(f"{num_answers} rewards but {lp.size} self-rewards")
+    per_prompt = np.array([g.mean() for g in groups])
+    n_min = min(g.size for g in groups)
+    return MethodResult(
+        method=method,
+        accuracy=float(per_prompt.mean()),
+        accuracy_stderr=float(per_prompt.std(ddof=1) / math.sqrt(len(groups)))
+        if len(groups) > 1
+        else math.nan,
+        pass_at_k={k: mean_pass_at_k(groups, k) for k in ks if k <= n_min},
+        mean_self_reward=float(lp.mean()),
+        tokens_per_answer=float(tokens_forwarded) / num_answers,
+        seconds_per_answer=float(seconds) / num_answers,
+        num_prompts=len(groups),
+        num_answers=num_answers,
+        extra=dict(extra or {}),
+    )
+
+
+def format_results(results: Sequence[MethodResult]) -> str:
+    """A Markdown table of method results."""
+    ks = sorted({k for r in results for k in r.pass_at_k})
+    head = ["method", "accuracy", *[f"pass@{k}" for k in ks], "self-reward", "tokens/answer", "s/answer"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        cells = [r.method, f"{r.accuracy:.3f} ± {r.accuracy_stderr:.3f}"]
+        cells += [f"{r.pass_at_k[k]:.3f}" if k in r.pass_at_k else "-" for k in ks]
+        cells += [f"{r.mean_self_reward:.2f}", f"{r.tokens_per_answer:.1f}", f"{r.seconds_per_answer:.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ----- the covariance diagnostic ------------------------------------------------------------------
+
+
+@dataclass
+class CovarianceDiagnostic:
+    """Whether power sampling at `alpha` should raise the true reward, predicted from base samples.
+
+    Attributes:
+        alpha: the power.
+        s: grid on [1, alpha]; covariance[k]: estimated Cov_{p_s}(r, log p) at s[k], averaged over prompts;
+            covariance_ci: (low, high) bootstrap band of each point.
+        base_reward: mean reward of the base samples, E_p[r].
+        predicted_gain: integral_1^alpha of the covariance curve (trapezoid), i.e. E_{p_alpha}[r] - E_p[r];
+            gain_ci: its bootstrap interval at `confidence`; gain_stderr: bootstrap standard deviation.
+        predicted_power_reward: base_reward + predicted_gain.
+        ess_at_alpha: mean over prompts of the ESS of the weights p^(alpha-1); min_ess_at_alpha the smallest.
+        samples_per_prompt: mean number of base samples per prompt; num_prompts.
+        verdict: "help", "hurt" or "unclear"; message: one sentence saying so, with the numbers.
+    """
+
+    alpha: float
+    s: list[float]
+    covariance: list[float]
+    covariance_ci: tuple[list[float], list[float]]
+    base_reward: float
+    predicted_gain: float
+    gain_ci: tuple[float, float]
+    gain_stderr: float
+    predicted_power_reward: float
+    ess_at_alpha: float
+    min_ess_at_alpha: float
+    samples_per_prompt: float
+    num_prompts: int
+    confidence: float
+    verdict: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_ROUNDING = 1e-9
+
+
+def _padded(values: Any, groups: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:
+    """[P, n_max] values and a 0/1 mask, from per-prompt lists, a 2-D array, or a flat list + group ids."""
+    if groups is not None:
+        flat = np.asarray(values, dtype=np.float64).ravel()
+        keys = list(groups)
+        if len(keys) != flat.size:
+            raise ValueError(f"{flat.size} values but {len(keys)} group ids")
+        order: dict[Any, list[float]] = {}
+        for g, v in zip(keys, flat):
+            order.setdefault(g, []).append(float(v))
+        rows = [np.asarray(v) for v in order.values()]
+    else:
+        rows = _groups(values)
+    width = max(r.size for r in rows)
+    out = np.zeros((len(rows), width))
+    mask = np.zeros((len(rows), width))
+    for i, r in enumerate(rows):
+        out[i, : r.size] = r
+        mask[i, : r.size] = 1.0
+    return out, mask
+
+
+def _power_moments(
+    r: np.ndarray, lp: np.ndarray, mask: np.ndarray, s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per prompt and grid point: SNIS Cov_{p_s}(r, log p), E_{p_s}[r] and the ESS of the weights.
+
+    r, lp, mask: [..., P, n]; s: [S]. Weights w_ij(s) ∝ mask_ij p(y_ij)^(s-1), normalised within prompt i.
+    Returns arrays [..., P, S].
+    """
+    lp0 = np.where(mask > 0, lp, 0.0)[..., None]
+    logw = np.where(mask[..., None] > 0, (s - 1.0) * lp0, -np.inf)  # [..., P, n, S]
+    logw = logw - logw.max(axis=-2, keepdims=True)
+    w = np.exp(logw)
+    w = w / w.sum(axis=-2, keepdims=True)
+    rr = r[..., None]
+    r_bar = (w * rr).sum(-2, keepdims=True)
+    l_bar = (w * lp0).sum(-2, keepdims=True)
+    cov = (w * (rr - r_bar) * (lp0 - l_bar)).sum(-2)
+    ess = 1.0 / (w**2).sum(-2)
+    return cov, r_bar.squeeze(-2), ess
+
+
+def covariance_diagnostic(
+    rewards: ArrayLike,
+    base_logprobs: ArrayLike,
+    alpha: float,
+    num_points: int = 65,
+    bootstrap: int = 200,
+    groups: Sequence[Any] | None = None,
+    confidence: float = 0.9,
+    seed: int = 0,
+) -> CovarianceDiagnostic:
+    """Predict E_{p_alpha}[r] - E_p[r] from plain base samples, with a bootstrap interval.
+
+    Inputs: for each prompt x_i, base samples y_ij ~ p(.|x_i) with rewards r_ij and log p(y_ij|x_i) (sequence
+    sums), given per prompt (lists or a [P, n] array) or flat with `groups` (a prompt id per sample).
+
+    Estimator (the self-normalised importance weights of `trl_power.theory`, per prompt, since p_s is a
+    conditional distribution): w_ij(s) = p(y_ij)^(s-1) / sum_j' p(y_ij')^(s-1),
+
+        Cov_{p_s}(r, log p | x_i) ≈ sum_j w_ij(s) (r_ij - r̄_i(s)) (log p_ij - l̄_i(s)),
+
+    averaged over prompts on `num_points` values of s in [1, alpha], and integrated (trapezoid) into the
+    predicted gain. (The integral of this estimated curve is exactly the SNIS estimate of E_{p_alpha}[r]
+    minus the plain mean, since d/ds sum_j w_ij(s) r_ij is the weighted covariance.)
+
+    Uncertainty: a two-stage bootstrap (resample prompts, then samples within each prompt) of the whole
+    estimate; the interval is the central `confidence` percentile range. It cannot see completions no base
+    sample hit; when the ESS at alpha is small (a few samples carry the weight) read the interval as optimistic.
+
+    Verdict: "help" when the interval lies above 0, "hurt" when below, else "unclear" (beyond rounding:
+    |bound| > 1e-9).
+    """
+    if not alpha > 1:
+        raise ValueError(f"alpha must be > 1, got {alpha}")
+    if num_points < 2:
+        raise ValueError("num_points must be >= 2")
+    r, mask = _padded(rewards, groups)
+    lp, mask_lp = _padded(base_logprobs, groups)
+    if r.shape != lp.shape or not np.array_equal(mask, mask_lp):
+        raise ValueError("rewards and base_logprobs must have the same shape per prompt")
+    if not np.isfinite(lp[mask > 0]).all():
+        raise ValueError("base_logprobs must be finite")
+    s = np.linspace(1.0, alpha, num_points)
+    P, n = r.shape
+
+    cov, _, ess = _power_moments(r, lp, mask, s)
+    curve = cov.mean(0)
+    gain = float(np.trapezoid(curve, s))
+    base = float(((r * mask).sum(1) / mask.sum(1)).mean())
+
+    rng = np.random.default_rng(seed)
+    sizes = mask.sum(1).astype(int)
+    boot_gain, boot_curve = [], []
+    chunk = max(1, int(2e6 // max(1, P * n * num_points)))
+    done = 0
+    while done < bootstrap:
+        b = min(chunk, bootstrap - done)
+        pi = rng.integers(0, P, size=(b, P))  # prompts
+        sj = (rng.random((b, P, n)) * sizes[pi][..., None]).astype(int)  # samples within each prompt
+        rb = np.take_along_axis(r[pi], sj, -1)
+        lb = np.take_along_axis(lp[pi], sj, -1)
+        mb = mask[pi]  # the first sizes[i] slots are live; sj only picks live slots
+        cb = _power_moments(rb, lb, mb, s)[0].mean(-2)  # [b, S]
+        boot_curve.append(cb)
+        boot_gain.append(np.trapezoid(cb, s, axis=-1))
+        done += b
+    bc = np.concatenate(boot_curve) if bootstrap else curve[None]
+    bg = np.concatenate(boot_gain) if bootstrap else np.array([gain])
+    q = (1 - confidence) / 2
+    lo, hi = (float(x) for x in np.quantile(bg, [q, 1 - q]))
+    band = (np.quantile(bc, q, axis=0).tolist(), np.quantile(bc, 1 - q, axis=0).tolist())
+
+    ess_alpha = ess[:, -1]
+    if lo > _ROUNDING:
+        verdict, what = "help", "should help"
+    elif hi < -_ROUNDING:
+        verdict, what = "hurt", "should hurt"
+    else:
+        verdict, what = "unclear", "has no clear effect"
+    message = (
+        f"Power sampling at alpha={alpha:g} {what}: predicted reward {base:.3f} -> {base + gain:.3f} "
+        f"(gain {gain:+.3f}, {confidence:.0%} CI [{lo:+.3f}, {hi:+.3f}]; Cov_p(r, log p) = {curve[0]:+.3f}); "
+        f"ESS at alpha {ess_alpha.mean():.1f} of {sizes.mean():.0f} samples per prompt."
+    )
+    if ess_alpha.mean() < 2:
+        message += " Few samples carry the weight at alpha: draw more base samples before trusting this."
+    return CovarianceDiagnostic(
+        alpha=float(alpha),
+        s=s.tolist(),
+        covariance=curve.tolist(),
+        covariance_ci=band,
+        base_reward=base,
+        predicted_gain=gain,
+        gain_ci=(lo, hi),
+        gain_stderr=float(bg.std(ddof=1)) if bg.size > 1 else math.nan,
+        predicted_power_reward=base + gain,
+        ess_at_alpha=float(ess_alpha.mean()),
+        min_ess_at_alpha=float(ess_alpha.min()),
+        samples_per_prompt=float(sizes.mean()),
+        num_prompts=P,
+        confidence=confidence,
+        verdict=verdict,
+        message=message,
+    )
