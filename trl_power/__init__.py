@@ -24,7 +24,19 @@ _LAZY = {
     "exact_power_distribution": "trl_power.theory",
 }
 
-__all__ = list(_LAZY)
+__all__ = [
+    "PowerDistillConfig",
+    "PowerDistillTrainer",
+    "PowerSampler",
+    "PowerSamplingConfig",
+    "PowerSamplingOutput",
+    "PowerSelfRewardConfig",
+    "PowerSelfRewardTrainer",
+    "alpha_to_beta",
+    "beta_to_alpha",
+    "exact_power_distribution",
+    "generate_power_dataset",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from trl_power.data import generate_power_dataset

@@ -50,6 +50,7 @@ def exact_sequence_logprobs(
     max_new_tokens: int,
     max_sequences: int = 200_000,
     batch_size: int = 4096,
+    eos_ids: Sequence[int] | None = None,
 ) -> tuple[dict[tuple[int, ...], float], int]:
     """log p(y|x) of every completion (ended by EOS, or cut at `max_new_tokens`), by breadth-first
     enumeration. Returns ({completion ids: log p}, tokens forwarded)."""
@@ -58,7 +59,7 @@ def exact_sequence_logprobs(
     prompt_ids = _prompt_ids(prompt, tokenizer)
     if not prompt_ids:
         raise ValueError("The prompt is empty.")
-    eos = set(eos_token_ids(model, tokenizer))
+    eos = set(eos_ids) if eos_ids is not None else set(eos_token_ids(model, tokenizer))
     vocab = model.get_output_embeddings().weight.shape[0]
     non_eos = vocab - len(eos & set(range(vocab)))
     n_leaves = sum(non_eos**k for k in range(max_new_tokens)) * len(eos) + non_eos**max_new_tokens

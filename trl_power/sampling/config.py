@@ -1,0 +1,137 @@
+"""Configuration and output types shared by every power sampler."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+METHODS = ("temperature", "low_temperature", "mh", "smc", "sir", "exact")
+
+
+@dataclass
+class PowerSamplingConfig:
+    """How to sample from the power distribution p_alpha(y|x) ∝ p(y|x)^alpha.
+
+    Args:
+        method: `"temperature"` (plain sampling at `temperature`, the 1x cost floor), `"low_temperature"`
+            (per-token softmax(alpha * logits): NOT p_alpha, the baseline), `"mh"` (Metropolis-Hastings,
+            Karan & Du 2025), `"smc"` (sequential Monte Carlo, Power-SMC), `"sir"` (sampling-importance-
+            resampling), `"exact"` (enumerate every completion; tiny models only).
+        alpha: The power (> 0). alpha > 1 sharpens, alpha = 1 is the base model.
+        max_new_tokens: Most tokens generated per completion (>= 1). EOS ends a completion earlier.
+        proposal_temperature: Temperature tau of the proposal q(v) ∝ p(v)^(1/tau) used by MH, SMC and SIR.
+            `None` means 1/alpha (the prefix-only variance-optimal choice). Any value keeps the samplers
+            exact: weights and acceptance ratios use the q actually sampled from.
+        temperature: Temperature of `method="temperature"` (1.0 = the base model).
+        top_k: Truncate the proposal to its k most likely tokens (`None`: off). Truncation removes support:
+            completions outside it can never be proposed, so MH/SMC/SIR are then exact only for p_alpha
+            restricted to what the truncated proposal can reach. The reference MH code used HF's
+            default top_k=50.
+        top_p: Nucleus truncation of the proposal (`None`: off); same caveat as `top_k`.
+        block_size: MH grows the answer in blocks of this many tokens and runs `mcmc_steps` after each.
+            `None` means ceil(max_new_tokens / 16) (the reference: 3072 tokens, 16 blocks of 192).
+            Exactness needs one block (block_size >= max_new_tokens); more blocks anneal.
+        mcmc_steps: MH proposals per block (reference: 10).
+        mh_suffix_rule: `"horizon"` (default, exact): a proposal resamples the suffix up to the end of the
+            current block or EOS, and the acceptance includes the cut-point correction log(L / L').
+            `"current_length"`: the reference rule, resample back to the current length (from an answer
+            that ended early a longer one can never be proposed, so detailed balance fails); kept for
+            faithful benchmarks.
+        num_particles: Particles per prompt for SMC, proposals per prompt for SIR.
+        ess_threshold: SMC resamples (systematically) a prompt's particles when ESS < ess_threshold * N.
+        return_all_particles: SMC/SIR: return the whole weighted particle set (with `weights`) instead of
+            one resampled completion per run.
+        num_samples_per_prompt: Independent power samples per prompt (independent chains / runs).
+        batch_size: Chains (MH), prompts (SMC, SIR: each with its particles) or sequences processed together.
+        exact_max_sequences: `method="exact"` refuses models with more completions than this.
+        seed: Seeds every random draw. Chain j of prompt i draws from its own generator seeded by
+            (seed, i, j), so results do not depend on batching. `None` draws a fresh seed.
+        show_progress: Show tqdm progress bars.
+    """
+
+    method: str = "mh"
+    alpha: float = 4.0
+    max_new_tokens: int = 256
+    proposal_temperature: float | None = None
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    block_size: int | None = None
+    mcmc_steps: int = 10
+    mh_suffix_rule: str = "horizon"
+    num_particles: int = 16
+    ess_threshold: float = 0.5
+    return_all_particles: bool = False
+    num_samples_per_prompt: int = 1
+    batch_size: int = 8
+    exact_max_sequences: int = 200_000
+    seed: int | None = 0
+    show_progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not (isinstance(self.alpha, int | float) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        for name in ("proposal_temperature", "temperature"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.mcmc_steps < 0:
+            raise ValueError(f"mcmc_steps must be >= 0, got {self.mcmc_steps}")
+        if self.mh_suffix_rule not in ("horizon", "current_length"):
+            raise ValueError(
+                f"mh_suffix_rule must be 'horizon' or 'current_length', got {self.mh_suffix_rule!r}"
+            )
+        if self.num_particles < 1 or self.num_samples_per_prompt < 1 or self.batch_size < 1:
+            raise ValueError("num_particles, num_samples_per_prompt and batch_size must be >= 1")
+        if not 0 <= self.ess_threshold <= 1:
+            raise ValueError(f"ess_threshold must be in [0, 1], got {self.ess_threshold}")
+
+    @property
+    def proposal_tau(self) -> float:
+        """The proposal temperature actually used (default 1/alpha)."""
+        return self.proposal_temperature if self.proposal_temperature is not None else 1.0 / self.alpha
+
+    @property
+    def mh_block_size(self) -> int:
+        return self.block_size or max(1, math.ceil(self.max_new_tokens / 16))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PowerSamplingOutput:
+    """What a sampler returns; row k belongs to prompt `prompt_indices[k]`.
+
+    Args:
+        completions: Decoded completions (special tokens skipped).
+        completion_ids: Generated token ids (EOS included when generated).
+        base_logprobs: log p(y|x) under the base model, summed over the completion tokens.
+        weights: `None`, or the self-normalised weight of each row within its run (particle / importance
+            sets, `return_all_particles=True`).
+        prompt_indices: Index of the prompt each row answers.
+        stats: Cost and diagnostics: `prefill_tokens` and `decode_tokens` (real tokens fed through the
+            model; padding not counted), `tokens_forwarded` (their sum), `seconds`, `num_samples`, and per
+            method `acceptance_rate` (MH), `resample_count` and `mean_ess` (SMC), `ess` (SIR).
+    """
+
+    completions: list[str]
+    completion_ids: list[list[int]]
+    base_logprobs: list[float]
+    prompt_indices: list[int]
+    weights: list[float] | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)

@@ -1,0 +1,36 @@
+"""Exact sampling by enumeration: draw from p_alpha(y) = p(y)^alpha / Z computed over every completion.
+
+Tiny models only (the ground truth for tests); refuses more than `exact_max_sequences` completions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from trl_power.sampling.config import PowerSamplingConfig
+from trl_power.sampling.engine import TokenCounter
+from trl_power.sampling.sir import resample_index
+from trl_power.theory import exact_sequence_logprobs
+
+
+def sample_exact(
+    model, prompts, run_prompt, generators, config: PowerSamplingConfig, eos_ids, counter: TokenCounter, stats
+):
+    tables = {}
+    for i in sorted(set(run_prompt)):
+        logprobs, forwarded = exact_sequence_logprobs(
+            model, None, prompts[i], config.max_new_tokens, config.exact_max_sequences, eos_ids=eos_ids
+        )
+        counter.prefill_tokens += forwarded
+        keys = list(logprobs)
+        lp = np.array([logprobs[k] for k in keys])
+        a = config.alpha * lp
+        w = np.exp(a - a.max())
+        tables[i] = (keys, lp, w / w.sum())
+    results = []
+    for r, i in enumerate(run_prompt):
+        keys, lp, w = tables[i]
+        k = resample_index(w, float(torch.rand(1, generator=generators[r], dtype=torch.float64)))
+        results.append([(list(keys[k]), float(lp[k]), None)])
+    return results

@@ -1,0 +1,115 @@
+"""Metropolis-Hastings power sampling (Karan & Du 2025), batched over chains, with KV-cache reuse.
+
+Target pi(y) ∝ p(y|x)^alpha; proposal q = sampling at temperature tau (default 1/alpha). The answer grows
+in blocks of B tokens; after each block, `mcmc_steps` times: pick a cut point i uniformly over the L
+generated tokens, resample the suffix y'_{i:} from q, accept with
+
+    log A = alpha * [log p(y'_{i:}) - log p(y_{i:})] + [log q(y_{i:}) - log q(y'_{i:})] (+ log L - log L')
+
+and stop a chain once its answer holds EOS. `mh_suffix_rule="horizon"` resamples up to the end of the
+current block (or EOS) and adds the cut-point correction log(L/L') (the reverse move picks i with
+probability 1/L'), which makes each block's kernel exact for p^alpha restricted to that horizon.
+`"current_length"` is the reference rule: resample back to the current length L, no correction.
+
+Cost: a proposal from cut point i re-feeds one token (y_{i-1}) and then only its new suffix: the prefix's
+keys/values are gathered from the chain's cache (no forward pass re-reads them), and log p, log q of every
+new token come from the forward pass that sampled it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from trl_power.sampling.config import PowerSamplingConfig
+from trl_power.sampling.engine import RunRandom, TokenCounter, decode, prefill
+
+
+def log_acceptance(
+    alpha: float,
+    lp_new: list[float],
+    lq_new: list[float],
+    lp_old: list[float],
+    lq_old: list[float],
+    length_old: int,
+    length_new: int,
+    length_correction: bool,
+) -> float:
+    """log A for replacing suffix (lp_old, lq_old) by (lp_new, lq_new)."""
+    log_a = alpha * (sum(lp_new) - sum(lp_old)) + (sum(lq_old) - sum(lq_new))
+    if length_correction:
+        log_a += math.log(length_old) - math.log(length_new)
+    return log_a
+
+
+def sample_mh(
+    model, prompts, run_prompt, generators, config: PowerSamplingConfig, eos_ids, counter: TokenCounter, stats
+):
+    B = len(run_prompt)
+    device = next(model.parameters()).device
+    eos = set(eos_ids)
+    tau, k, p = config.proposal_tau, config.top_k, config.top_p
+    exact_rule = config.mh_suffix_rule == "horizon"
+    rng = RunRandom(generators, range(B))
+    seqs = [list(prompts[i]) for i in run_prompt]  # prompt + generated
+    plen = [len(s) for s in seqs]
+    lps: list[list[float]] = [[] for _ in range(B)]
+    lqs: list[list[float]] = [[] for _ in range(B)]
+    state = prefill(model, prompts, run_prompt, counter)
+    done = [False] * B
+    attempts = accepts = 0
+    block = config.mh_block_size
+    n_blocks = math.ceil(config.max_new_tokens / block)
+    bar = tqdm(range(n_blocks), desc="MH blocks", disable=not config.show_progress, leave=False)
+    for kb in bar:
+        horizon = min((kb + 1) * block, config.max_new_tokens)
+        act = [b for b in range(B) if not done[b]]
+        if not act:
+            break
+        rows = torch.tensor(act, device=device)
+        # 1) grow every live chain to the horizon (or EOS)
+        sub = state.select(rows)
+        steps = torch.tensor([horizon - (len(seqs[b]) - plen[b]) for b in act])
+        sub_rng = RunRandom([rng.generators[b] for b in act], range(len(act)))
+        sub, toks, lp, lq = decode(model, sub, sub_rng, steps, eos_ids, tau, k, p, counter)
+        for j, b in enumerate(act):
+            seqs[b] += toks[j]
+            lps[b] += lp[j]
+            lqs[b] += lq[j]
+        state = state.replace_rows(rows, sub)
+        # 2) MH steps on every live chain
+        for _ in range(config.mcmc_steps):
+            L = [len(seqs[b]) - plen[b] for b in act]
+            u_cut = sub_rng.uniforms(torch.ones(len(act), dtype=torch.bool))
+            cut = [min(int(u * n), n - 1) for u, n in zip(u_cut.tolist(), L)]
+            keep = torch.tensor([plen[b] + i - 1 for b, i in zip(act, cut)], device=device)
+            pending = torch.tensor([seqs[b][plen[b] + i - 1] for b, i in zip(act, cut)], device=device)
+            prop = state.truncate(rows, keep, pending)
+            target = [(horizon if exact_rule else n) - i for n, i in zip(L, cut)]
+            prop, toks, lp, lq = decode(
+                model, prop, sub_rng, torch.tensor(target), eos_ids, tau, k, p, counter
+            )
+            u_acc = sub_rng.uniforms(torch.ones(len(act), dtype=torch.bool)).tolist()
+            accepted = []
+            for j, (b, i) in enumerate(zip(act, cut)):
+                log_a = log_acceptance(
+                    config.alpha, lp[j], lq[j], lps[b][i:], lqs[b][i:], L[j], i + len(toks[j]), exact_rule
+                )
+                attempts += 1
+                if u_acc[j] == 0.0 or math.log(u_acc[j]) < log_a:
+                    accepts += 1
+                    accepted.append(j)
+                    seqs[b] = seqs[b][: plen[b] + i] + toks[j]
+                    lps[b] = lps[b][:i] + lp[j]
+                    lqs[b] = lqs[b][:i] + lq[j]
+            if accepted:
+                acc = torch.tensor(accepted, device=device)
+                state = state.replace_rows(rows[acc], prop.select(acc))
+        for b in act:
+            gen = seqs[b][plen[b] :]
+            done[b] = (gen and gen[-1] in eos) or len(gen) >= config.max_new_tokens
+    stats["mh_attempts"] = stats.get("mh_attempts", 0) + attempts
+    stats["mh_accepts"] = stats.get("mh_accepts", 0) + accepts
+    return [[(seqs[b][plen[b] :], sum(lps[b]), None)] for b in range(B)]

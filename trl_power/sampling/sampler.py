@@ -1,0 +1,138 @@
+"""`PowerSampler`: one entry point for every power sampler."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from trl_power.modeling import context_length, ensure_pad_token, eos_token_ids, eval_mode
+from trl_power.sampling.config import PowerSamplingConfig, PowerSamplingOutput
+from trl_power.sampling.engine import TokenCounter, chain_generator
+from trl_power.sampling.exact import sample_exact
+from trl_power.sampling.mh import sample_mh
+from trl_power.sampling.plain import sample_plain
+from trl_power.sampling.sir import sample_sir
+from trl_power.sampling.smc import sample_smc
+
+_METHODS = {
+    "temperature": sample_plain,
+    "low_temperature": sample_plain,
+    "mh": sample_mh,
+    "smc": sample_smc,
+    "sir": sample_sir,
+    "exact": sample_exact,
+}
+
+
+class PowerSampler:
+    """Samples completions from p_alpha(y|x) ∝ p(y|x)^alpha of any transformers causal LM (PEFT included).
+
+    ```python
+    sampler = PowerSampler(model, tokenizer, PowerSamplingConfig(method="smc", alpha=4.0, max_new_tokens=64))
+    out = sampler.sample(["Question: 2 + 3 = ?"])
+    out.completions, out.base_logprobs, out.stats["tokens_forwarded"]
+    ```
+
+    The model is put in eval mode for sampling (its mode is restored afterwards) and run without gradients.
+    A tokenizer without a pad token gets EOS as pad (padding is tracked by masks, never by ids).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, config: PowerSamplingConfig | None = None):
+        self.model = model
+        self.tokenizer = ensure_pad_token(tokenizer) if tokenizer is not None else None
+        self.config = config or PowerSamplingConfig()
+        self.eos_ids = eos_token_ids(model, tokenizer)
+
+    def tokenize(self, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
+        """Text prompts → token ids (with the tokenizer's special tokens); id lists pass through."""
+        if isinstance(prompts, str) or len(prompts) == 0:
+            raise ValueError("`prompts` must be a non-empty list of strings or of token-id lists.")
+        out = []
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                if self.tokenizer is None:
+                    raise ValueError("Text prompts need a tokenizer.")
+                ids = list(self.tokenizer(p, add_special_tokens=True)["input_ids"])
+            else:
+                ids = [int(t) for t in p]
+            if not ids:
+                raise ValueError(f"Prompt {i} is empty (no tokens).")
+            out.append(ids)
+        limit = context_length(self.model)
+        if limit is not None:
+            longest = max(range(len(out)), key=lambda i: len(out[i]))
+            if len(out[longest]) + self.config.max_new_tokens > limit:
+                raise ValueError(
+                    f"Prompt {longest} has {len(out[longest])} tokens; with max_new_tokens="
+                    f"{self.config.max_new_tokens} that exceeds the model's context of {limit} positions."
+                )
+        return out
+
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[str] | Sequence[Sequence[int]]) -> PowerSamplingOutput:
+        """Draw `num_samples_per_prompt` power samples for every prompt (or weighted particle sets)."""
+        cfg = self.config
+        prompt_ids = self.tokenize(prompts)
+        seed = cfg.seed if cfg.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
+        runs = [(i, j) for i in range(len(prompt_ids)) for j in range(cfg.num_samples_per_prompt)]
+        method = _METHODS[cfg.method]
+        counter, stats = TokenCounter(), {}
+        rows: list[tuple[int, list[int], float, float | None]] = []
+        start = time.perf_counter()
+        with eval_mode(self.model):
+            bar = tqdm(total=len(runs), desc=f"power sampling ({cfg.method})", disable=not cfg.show_progress)
+            for b in range(0, len(runs), cfg.batch_size):
+                batch = runs[b : b + cfg.batch_size]
+                uniq = sorted({i for i, _ in batch})
+                local = {i: k for k, i in enumerate(uniq)}
+                gens = [chain_generator(seed, i, j) for i, j in batch]
+                results = method(
+                    self.model,
+                    [prompt_ids[i] for i in uniq],
+                    [local[i] for i, _ in batch],
+                    gens,
+                    cfg,
+                    self.eos_ids,
+                    counter,
+                    stats,
+                )
+                for (i, _), res in zip(batch, results):
+                    rows += [(i, list(ids), float(lp), w) for ids, lp, w in res]
+                bar.update(len(batch))
+            bar.close()
+        seconds = time.perf_counter() - start
+        return self._output(rows, counter, stats, seconds)
+
+    def _output(self, rows, counter: TokenCounter, stats: dict, seconds: float) -> PowerSamplingOutput:
+        ids = [r[1] for r in rows]
+        if self.tokenizer is not None:
+            texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        else:
+            texts = [" ".join(map(str, x)) for x in ids]
+        weights = (
+            [r[3] for r in rows] if self.config.return_all_particles and rows[0][3] is not None else None
+        )
+        out_stats: dict[str, Any] = {"method": self.config.method, **counter.as_dict(), "seconds": seconds}
+        out_stats["num_samples"] = len(rows)
+        out_stats["new_tokens"] = sum(len(x) for x in ids)
+        if "mh_attempts" in stats:
+            out_stats["acceptance_rate"] = stats["mh_accepts"] / max(1, stats["mh_attempts"])
+            out_stats["mh_attempts"] = stats["mh_attempts"]
+        if "_ess_count" in stats:
+            out_stats["resample_count"] = stats["resample_count"]
+            out_stats["mean_ess"] = stats["_ess_sum"] / max(1, stats["_ess_count"])
+        if "ess" in stats:
+            out_stats["mean_ess"] = float(np.mean(stats["ess"]))
+        return PowerSamplingOutput(
+            completions=texts,
+            completion_ids=ids,
+            base_logprobs=[r[2] for r in rows],
+            prompt_indices=[r[0] for r in rows],
+            weights=weights,
+            stats=out_stats,
+        )
