@@ -1,0 +1,198 @@
+"""The fast MH equals a straightforward no-cache MH for the same seed; batching changes nothing; seeds
+repeat; bad input fails clearly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trl_power import PowerSampler, PowerSamplingConfig
+from trl_power.sampling.engine import chain_generator, proposal_logprobs, sample_from_logprobs
+from trl_power.tiny_models import build_model, build_tokenizer
+
+EOS = 0
+
+
+def _next_logits(model, seq):
+    """Full forward of the whole sequence (no cache, batch 1): the logits after its last token."""
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([seq])).logits[0, -1].float()
+
+
+def _extend(model, seq, n, gen, tau, eos=EOS):
+    """Sample up to n tokens (stop at EOS) re-reading the whole sequence for each token."""
+    toks, lps, lqs = [], [], []
+    for _ in range(n):
+        logits = _next_logits(model, seq + toks)
+        logq = proposal_logprobs(logits[None], tau)[0]
+        u = torch.rand(1, generator=gen, dtype=torch.float64)
+        t = int(sample_from_logprobs(logq[None], u)[0])
+        toks.append(t)
+        lps.append(float(torch.log_softmax(logits, -1)[t]))
+        lqs.append(float(logq[t]))
+        if t == eos:
+            break
+    return toks, lps, lqs
+
+
+def reference_mh(model, prompt, cfg: PowerSamplingConfig, gen):
+    """Karan & Du's MH written plainly: one chain, every token re-reads its whole prefix."""
+    tau, horizon_rule = cfg.proposal_tau, cfg.mh_suffix_rule == "horizon"
+    gen_toks, lps, lqs = [], [], []
+    block = cfg.mh_block_size
+    for k in range(math.ceil(cfg.max_new_tokens / block)):
+        horizon = min((k + 1) * block, cfg.max_new_tokens)
+        t, p, q = _extend(model, prompt + gen_toks, horizon - len(gen_toks), gen, tau)
+        gen_toks, lps, lqs = gen_toks + t, lps + p, lqs + q
+        for _ in range(cfg.mcmc_steps):
+            L = len(gen_toks)
+            i = min(int(float(torch.rand(1, generator=gen, dtype=torch.float64)) * L), L - 1)
+            target = (horizon if horizon_rule else L) - i
+            t, p, q = _extend(model, prompt + gen_toks[:i], target, gen, tau)
+            log_a = cfg.alpha * (sum(p) - sum(lps[i:])) + (sum(lqs[i:]) - sum(q))
+            if horizon_rule:
+                log_a += math.log(L) - math.log(i + len(t))
+            u = float(torch.rand(1, generator=gen, dtype=torch.float64))
+            if u == 0.0 or math.log(u) < log_a:
+                gen_toks, lps, lqs = gen_toks[:i] + t, lps[:i] + p, lqs[:i] + q
+        if gen_toks[-1] == EOS or len(gen_toks) >= cfg.max_new_tokens:
+            break
+    return gen_toks, sum(lps)
+
+
+PROMPTS = [[4], [4, 1, 2], [3, 5, 7, 4], [9, 9]]
+
+
+@pytest.mark.parametrize("rule", ["horizon", "current_length"])
+def test_cached_mh_equals_no_cache_reference(wide_model, rule):
+    cfg = PowerSamplingConfig(
+        method="mh",
+        alpha=3.0,
+        max_new_tokens=12,
+        block_size=4,
+        mcmc_steps=3,
+        mh_suffix_rule=rule,
+        num_samples_per_prompt=2,
+        batch_size=8,
+        seed=5,
+    )
+    out = PowerSampler(wide_model, None, cfg).sample(PROMPTS)
+    k = 0
+    for i, prompt in enumerate(PROMPTS):
+        for j in range(2):
+            ids, lp = reference_mh(wide_model, prompt, cfg, chain_generator(5, i, j))
+            assert out.completion_ids[k] == ids, (i, j)
+            assert out.base_logprobs[k] == pytest.approx(lp, abs=1e-4)
+            k += 1
+    assert 0 < out.stats["acceptance_rate"] < 1
+
+
+@pytest.mark.parametrize("method", ["temperature", "low_temperature", "mh", "smc", "sir"])
+def test_batched_equals_one_at_a_time(wide_model, method):
+    kwargs = dict(method=method, alpha=2.0, max_new_tokens=10, block_size=5, mcmc_steps=2, num_particles=4)
+    kwargs.update(num_samples_per_prompt=2, seed=3)
+    batched = PowerSampler(wide_model, None, PowerSamplingConfig(batch_size=8, **kwargs)).sample(PROMPTS)
+    single = PowerSampler(wide_model, None, PowerSamplingConfig(batch_size=1, **kwargs)).sample(PROMPTS)
+    assert batched.completion_ids == single.completion_ids
+    assert batched.prompt_indices == single.prompt_indices == [0, 0, 1, 1, 2, 2, 3, 3]
+    torch.testing.assert_close(torch.tensor(batched.base_logprobs), torch.tensor(single.base_logprobs))
+
+
+def test_seeds_repeat_and_differ(wide_model):
+    def run(seed):
+        cfg = PowerSamplingConfig(method="smc", alpha=2.0, max_new_tokens=8, num_particles=4, seed=seed)
+        return PowerSampler(wide_model, None, cfg).sample(PROMPTS).completion_ids
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+def test_base_logprobs_match_scoring(wide_model):
+    from trl_power.scoring import sequence_logprobs
+
+    cfg = PowerSamplingConfig(method="mh", alpha=2.0, max_new_tokens=8, block_size=4, mcmc_steps=2)
+    out = PowerSampler(wide_model, None, cfg).sample(PROMPTS)
+    scored = sequence_logprobs(wide_model, PROMPTS, out.completion_ids)
+    torch.testing.assert_close(torch.tensor(out.base_logprobs), scored, atol=1e-4, rtol=1e-4)
+
+
+def test_stats_count_tokens_honestly(wide_model):
+    cfg = PowerSamplingConfig(method="temperature", max_new_tokens=6)
+    out = PowerSampler(wide_model, None, cfg).sample(PROMPTS)
+    # prefill: every prompt token but the last; decode: one feed per generated token (the first feeds the
+    # prompt's last token, the last generated token is never fed)
+    assert out.stats["prefill_tokens"] == sum(len(p) - 1 for p in PROMPTS)
+    assert out.stats["decode_tokens"] == sum(len(c) for c in out.completion_ids)
+    assert out.stats["seconds"] > 0
+
+
+def test_text_prompts_and_tokenizer_without_pad(random_model):
+    tok = build_tokenizer(["a", "b", "c", "q"], with_pad=False)
+    assert tok.pad_token is None
+    out = PowerSampler(random_model, tok, PowerSamplingConfig(method="smc", max_new_tokens=3)).sample(
+        ["q", "a b q"]
+    )
+    assert tok.pad_token_id is not None  # EOS was given the pad role
+    assert len(out.completions) == 2 and all(isinstance(c, str) for c in out.completions)
+
+
+def test_model_mode_is_restored(random_model):
+    random_model.train()
+    try:
+        PowerSampler(random_model, None, PowerSamplingConfig(method="mh", max_new_tokens=2)).sample([[4]])
+        assert random_model.training
+    finally:
+        random_model.eval()
+
+
+def test_peft_model_samples(random_model):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    peft = get_peft_model(copy.deepcopy(random_model), LoraConfig(r=2, target_modules=["q_proj"]))
+    out = PowerSampler(peft, None, PowerSamplingConfig(method="smc", max_new_tokens=3)).sample([[4], [4, 1]])
+    assert len(out) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(alpha=0.0), "alpha"),
+        (dict(alpha=-1.0), "alpha"),
+        (dict(alpha=float("nan")), "alpha"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(method="beam"), "method"),
+        (dict(ess_threshold=2.0), "ess_threshold"),
+        (dict(proposal_temperature=0.0), "proposal_temperature"),
+    ],
+)
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PowerSamplingConfig(**kwargs)
+
+
+def test_bad_prompts(random_model, tokenizer):
+    sampler = PowerSampler(random_model, tokenizer, PowerSamplingConfig(max_new_tokens=2))
+    with pytest.raises(ValueError, match="non-empty"):
+        sampler.sample([])
+    with pytest.raises(ValueError, match="empty"):
+        sampler.sample([[]])
+    with pytest.raises(ValueError, match="context"):
+        sampler.sample([[1] * 63])  # 63 + 2 > 64 positions
+
+
+def test_exact_refuses_large_models(wide_model):
+    cfg = PowerSamplingConfig(method="exact", max_new_tokens=8, exact_max_sequences=1000)
+    with pytest.raises(ValueError, match="tiny models"):
+        PowerSampler(wide_model, None, cfg).sample([[4]])
+
+
+def test_nan_logits_raise():
+    model = build_model(5, seed=0)
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="NaN"):
+        PowerSampler(model, None, PowerSamplingConfig(method="mh", max_new_tokens=2)).sample([[4]])
