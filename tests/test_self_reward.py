@@ -186,6 +186,7 @@ def test_defaults_keep_the_optimum(tmp_path):
         ({"top_p": 0.9}, "top_p"),
         ({"top_k": 20}, "top_k"),
         ({"generation_kwargs": {"min_p": 0.1}}, "min_p"),
+        ({"vllm_structured_outputs_regex": "[ab]+"}, "vllm_structured_outputs_regex"),
         ({"mask_truncated_completions": True}, "mask_truncated_completions"),
         ({"sync_ref_model": True}, "sync_ref_model"),
         ({"disable_dropout": False}, "dropout"),

@@ -141,9 +141,9 @@ class PowerSelfRewardConfig(RLOOConfig):
     `reward_clip_range`, off-policy reuse (`num_iterations > 1` or `steps_per_generation >
     gradient_accumulation_steps`, where the PPO clipping `epsilon` becomes active), a sampler that differs from pi
     (`temperature != 1`, `top_p < 1`, `top_k > 0`, `min_p`, `repetition_penalty != 1`, sampler-changing
-    `generation_kwargs`), `mask_truncated_completions=True`, `sync_ref_model=True` and `disable_dropout=False`. The
-    parent's defaults are already right: sequence-level reward and KL (no per-token mean), leave-one-out baseline,
-    no std scaling, no length normalisation.
+    `generation_kwargs`, `vllm_structured_outputs_regex`), `mask_truncated_completions=True`,
+    `sync_ref_model=True` and `disable_dropout=False`. The parent's defaults are already right: sequence-level
+    reward and KL (no per-token mean), leave-one-out baseline, no std scaling, no length normalisation.
     """
 
     alpha: float | None = field(
@@ -240,6 +240,8 @@ class PowerSelfRewardConfig(RLOOConfig):
             sampler.append(f"repetition_penalty={self.repetition_penalty}")
         gen_kwargs = self.generation_kwargs if isinstance(self.generation_kwargs, dict) else {}
         sampler += [f"generation_kwargs[{k!r}]" for k in _SAMPLER_CHANGING_KEYS if k in gen_kwargs]
+        if self.vllm_structured_outputs_regex:
+            sampler.append("vllm_structured_outputs_regex")
         if sampler:
             message = (
                 f"{', '.join(sampler)}: completions are no longer sampled from pi itself, so the REINFORCE gradient "
