@@ -254,6 +254,27 @@ def test_self_reward_is_reference_sequence_logprob_and_metrics(tmp_path, referen
     assert logs["objective"] == pytest.approx(expected.mean() + 0.5 * length_arr.mean(), abs=1e-4)
 
 
+def test_self_reward_weight_zero_is_plain_kl_regularised_rl(tmp_path, reference_dir):
+    """With self_reward_weight=0 the total reward is the true reward alone (the self-reward is still logged)."""
+
+    def length(completion_ids, **kwargs):
+        return [float(len(c)) for c in completion_ids]
+
+    trainer = PowerSelfRewardTrainer(
+        model=str(reference_dir),
+        reward_funcs=length,
+        args=make_config(tmp_path, self_reward_weight=0.0, max_steps=1),
+        train_dataset=prompts(),
+        processing_class=build_tokenizer(WORDS, with_pad=False),
+    )
+    trainer.train()
+    logs = trainer.state.log_history[0]
+    assert logs["alpha"] == 1.0
+    assert logs["reward"] == pytest.approx(logs["rewards/length/mean"], abs=1e-6)  # RLOO's total reward
+    assert logs["objective"] == pytest.approx(logs["rewards/length/mean"], abs=1e-5)  # KL is 0 at step 1
+    assert logs["rewards/self_reward/mean"] < 0
+
+
 def test_grouped_covariance_ignores_nan_and_averages_groups():
     x = torch.tensor([1.0, 2.0, 3.0, float("nan"), 0.0, 1.0, 0.0, 1.0])
     y = torch.tensor([2.0, 4.0, 7.0, 1.0, 1.0, 0.0, 1.0, 0.0])
@@ -435,6 +456,8 @@ def test_grpo_quickstart_shape(tmp_path, reference_dir, monkeypatch):
     model_id = str(reference_dir)  # stands for "Qwen/Qwen2-0.5B-Instruct": no Hub here
 
     # --- the quick start, with the trainer swapped ---
+    from trl_power import PowerSelfRewardTrainer
+
     dataset = Dataset.from_dict({"prompt": ["d", "a c", "b d", "c"] * 2})  # stands for load_dataset(...)
 
     trainer = PowerSelfRewardTrainer(
@@ -500,10 +523,10 @@ def test_two_processes_gather_the_groups(tmp_path, reference_dir):
     """`accelerate launch --multi_gpu --num_processes 2` on CPU (two gloo processes): each group of 4 completions
     is split 2 + 2 over the processes; rewards and leave-one-out baselines must be those of the gathered group."""
     out = tmp_path / "mp"
-    accelerate = Path(sys.executable).with_name("accelerate")
     command = [
-        str(accelerate),
-        "launch",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
         "--multi_gpu",
         "--num_processes",
         "2",
