@@ -7,7 +7,8 @@ import torch
 
 from trl_power.tiny_models import build_model, build_tokenizer, fit_to_distribution, trap_target
 
-torch.set_num_threads(2)
+# tiny models: one thread is fastest and avoids oversubscription next to multi-process tests
+torch.set_num_threads(1)
 
 # vocab: 0 <eos>, 1 a, 2 b, 3 c, 4 q (4 is the prompt token of the enumerable models)
 WORDS = ["a", "b", "c", "q"]

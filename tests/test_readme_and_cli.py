@@ -1,0 +1,36 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_sampling_example_runs(capsys):
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "README has no python example"
+    exec(compile(blocks[0], "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    tv = float(printed.strip().splitlines()[-1].split(":")[-1])
+    # 500 iid SMC samples: TV to p^4 within the sampling bound (~0.1 at n=500, tests/test_sampling_exactness.py)
+    assert tv < 0.15
+
+
+def test_demo_quick_runs():
+    proc = subprocess.run(
+        [sys.executable, "-m", "trl_power", "demo", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "low temperature" in proc.stdout and "SMC" in proc.stdout
+
+
+def test_cli_help_lists_demo():
+    proc = subprocess.run(
+        [sys.executable, "-m", "trl_power", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 0 and "demo" in proc.stdout
