@@ -1,0 +1,517 @@
+"""Teacher data sets drawn from the power distribution p_alpha(y|x) ∝ p(y|x)^alpha, with any power sampler.
+
+`generate_power_dataset` turns prompts into a `datasets.Dataset` of (prompt, completion) rows for power
+self-distillation (DESIGN.md 1.3): min_theta KL(p_alpha || pi_theta) = max_theta E_{y~p_alpha}[log pi_theta(y|x)].
+
+Reproducibility, resumption and sharding rest on one rule: the prompts are cut into fixed *shards* of `shard_size`
+consecutive prompts, and shard s is sampled by one `PowerSampler.sample` call whose seed is derived from
+(seed, s) alone. Since the sampler seeds chain j of the k-th prompt of a call by (call seed, k, j), every row is a
+deterministic function of (model, prompts, sampling config, seed, shard_size): it does not depend on how many
+processes share the work, on which process drew it, on the sampler's `batch_size`, or on interruptions. A shard is
+also the unit of work and of checkpointing: it is written to `output_dir` atomically (temporary file + rename) when
+it is done, and a rerun skips the shards already on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trl_power.modeling import eos_token_ids
+from trl_power.sampling import PowerSampler, PowerSamplingConfig
+
+METADATA_KEY = "trl_power"
+MANIFEST_FILE = "power_dataset.json"
+SHARD_DIR = "shards"
+MERGED_DIR = "dataset"
+HUB_METADATA_FILE = "trl_power_dataset.json"
+FORMAT_VERSION = 1
+
+# Columns written by `generate_power_dataset` (besides the extra columns carried over from an input data set).
+COLUMNS = (
+    "prompt",
+    "completion",
+    "prompt_ids",
+    "completion_ids",
+    "base_logprob",
+    "weight",
+    "num_tokens",
+    "truncated",
+    "prompt_index",
+    "sample_index",
+    "particle_index",
+    "shard",
+    "stats",
+)
+
+# Sampler statistics that add up over the runs of a call (divided by the number of runs to get a per-run cost);
+# every other numeric statistic (acceptance rate, mean ESS, ...) is an average already and is copied.
+_ADDITIVE_STATS = (
+    "prefill_tokens",
+    "decode_tokens",
+    "tokens_forwarded",
+    "seconds",
+    "new_tokens",
+    "mh_attempts",
+    "resample_count",
+)
+
+
+# ----- prompts ----------------------------------------------------------------------------------------------------
+
+
+def prompt_format(prompt: Any) -> str:
+    """`"text"` (a string), `"conversational"` (a list of {"role", "content"} messages) or `"ids"` (token ids)."""
+    if isinstance(prompt, str):
+        return "text"
+    if isinstance(prompt, Sequence) and len(prompt) > 0:
+        if all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+            return "conversational"
+        if all(isinstance(t, int | np.integer) and not isinstance(t, bool) for t in prompt):
+            return "ids"
+    raise ValueError(
+        "Each prompt must be a string, a non-empty list of {'role', 'content'} messages, or a non-empty list of "
+        f"token ids; got {prompt!r:.200}."
+    )
+
+
+def tokenize_prompt(tokenizer: Any, prompt: Any) -> list[int]:
+    """The token ids a prompt is answered from, exactly as TRL's `SFTTrainer` tokenizes a prompt.
+
+    text: `tokenizer(prompt)` (special tokens added, as `PowerSampler` and `SFTTrainer` both do);
+    conversational: `tokenizer.apply_chat_template(prompt, add_generation_prompt=True)`; ids: as given.
+    """
+    kind = prompt_format(prompt)
+    if kind == "ids":
+        return [int(t) for t in prompt]
+    if tokenizer is None:
+        raise ValueError("Text and conversational prompts need a tokenizer.")
+    if kind == "text":
+        ids = list(tokenizer(text=prompt)["input_ids"])
+    else:
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("Conversational prompts need a tokenizer with a chat template.")
+        ids = list(
+            tokenizer.apply_chat_template(
+                prompt, tokenize=True, add_generation_prompt=True, return_dict=True
+            )["input_ids"]
+        )
+    if not ids:
+        raise ValueError(f"The prompt {prompt!r:.100} tokenizes to no tokens.")
+    return ids
+
+
+def completion_text(tokenizer: Any, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> str:
+    """The completion as text that continues the prompt: decode(prompt + completion) minus decode(prompt).
+
+    Special tokens (EOS) are kept, so that `prompt + completion` re-tokenizes to `prompt_ids + completion_ids`
+    whenever the tokenizer's decode/encode round-trips, spacing at the boundary included (e.g. " a b <eos>" after
+    "q" for a word-level tokenizer). `SFTTrainer` then adds no second EOS. The exact ids are kept in
+    `completion_ids` regardless.
+    """
+    if tokenizer is None:
+        return " ".join(str(t) for t in completion_ids)
+    head = tokenizer.decode(list(prompt_ids), skip_special_tokens=False)
+    full = tokenizer.decode(list(prompt_ids) + list(completion_ids), skip_special_tokens=False)
+    if full.startswith(head):
+        return full[len(head) :]
+    return tokenizer.decode(list(completion_ids), skip_special_tokens=False)
+
+
+def _prompts_from_input(prompts_or_dataset: Any) -> tuple[list[Any], Any]:
+    """(list of prompts, input `datasets.Dataset` or None)."""
+    from datasets import Dataset
+
+    if isinstance(prompts_or_dataset, Dataset):
+        if "prompt" not in prompts_or_dataset.column_names:
+            raise ValueError(
+                f"The data set needs a 'prompt' column; it has {prompts_or_dataset.column_names}. "
+                "Rename the prompt column with `dataset.rename_column(..., 'prompt')`."
+            )
+        clash = sorted(set(prompts_or_dataset.column_names) & (set(COLUMNS) - {"prompt"}))
+        if clash:
+            raise ValueError(
+                f"The prompt data set already has the column(s) {clash}, which generate_power_dataset writes. "
+                "Pass a prompt-only data set (remove or rename those columns)."
+            )
+        return list(prompts_or_dataset["prompt"]), prompts_or_dataset
+    if isinstance(prompts_or_dataset, str | bytes) or not isinstance(prompts_or_dataset, Sequence):
+        raise TypeError(
+            "prompts_or_dataset must be a list of prompts (strings, message lists or token-id lists) or a "
+            f"datasets.Dataset with a 'prompt' column, got {type(prompts_or_dataset).__name__}."
+        )
+    return list(prompts_or_dataset), None
+
+
+# ----- seeds, fingerprints, metadata ---------------------------------------------------------------------------------
+
+
+def shard_seed(seed: int, shard: int) -> int:
+    """The sampler seed of shard `shard` (a 63-bit integer derived from (seed, shard) alone)."""
+    state = np.random.SeedSequence([int(seed), int(shard)]).generate_state(1, dtype=np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def _sampling_dict(config: PowerSamplingConfig) -> dict[str, Any]:
+    return config.to_dict()
+
+
+def _fingerprint(
+    prompts: list[Any], config: PowerSamplingConfig, shard_size: int, model_id: str | None
+) -> str:
+    """What decides the rows: prompts, sampling settings (not batch_size / show_progress), shard size, model."""
+    settings = {k: v for k, v in _sampling_dict(config).items() if k not in ("batch_size", "show_progress")}
+    blob = json.dumps(
+        {"prompts": prompts, "sampling": settings, "shard_size": shard_size, "model": model_id},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _model_id(model: Any) -> str | None:
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
+    return str(name) if name else None
+
+
+def power_dataset_metadata(dataset: Any) -> dict[str, Any] | None:
+    """The metadata `generate_power_dataset` stored in `dataset.info.description` (None for other data sets):
+    `sampling_config` (with the seed actually used), `alpha`, `method`, `model`, `shard_size`, `num_prompts`,
+    `prompt_format`, `hub_dataset_id`, `format_version`."""
+    info = getattr(dataset, "info", None)
+    text = getattr(info, "description", None) or ""
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    return data.get(METADATA_KEY) if isinstance(data, dict) else None
+
+
+# ----- rows of one shard ---------------------------------------------------------------------------------------------
+
+
+def _per_run_stats(stats: dict[str, Any], num_runs: int) -> dict[str, float]:
+    out = {}
+    for key, value in stats.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or key == "num_samples":
+            continue
+        out[key] = float(value) / num_runs if key in _ADDITIVE_STATS else float(value)
+    return out
+
+
+def _shard_rows(
+    sampler: PowerSampler,
+    config: PowerSamplingConfig,
+    prompts: list[Any],
+    prompt_ids: list[list[int]],
+    start: int,
+    shard: int,
+    eos_ids: list[int],
+) -> list[dict[str, Any]]:
+    """Sample one shard (global prompts start..start+len(prompts)-1) and turn the output into rows."""
+    sampler.config = config
+    out = sampler.sample(prompt_ids)
+    per_run = config.num_particles if out.weights is not None else 1
+    num_runs = len(prompts) * config.num_samples_per_prompt
+    stats = _per_run_stats(out.stats, num_runs)
+    tokenizer = sampler.tokenizer
+    seen: dict[int, int] = {}
+    rows = []
+    for k in range(len(out)):
+        local = out.prompt_indices[k]
+        order = seen.get(local, 0)
+        seen[local] = order + 1
+        ids = [int(t) for t in out.completion_ids[k]]
+        prompt = prompts[local]
+        if prompt_format(prompt) == "conversational":
+            text = (
+                tokenizer.decode(ids, skip_special_tokens=True)
+                if tokenizer is not None
+                else out.completions[k]
+            )
+            completion: Any = [{"role": "assistant", "content": text}]
+        else:
+            completion = completion_text(tokenizer, prompt_ids[local], ids)
+        rows.append(
+            {
+                "prompt": prompt,
+                "completion": completion,
+                "prompt_ids": list(prompt_ids[local]),
+                "completion_ids": ids,
+                "base_logprob": float(out.base_logprobs[k]),
+                "weight": float(out.weights[k]) if out.weights is not None else 1.0,
+                "num_tokens": len(ids),
+                "truncated": not (ids and ids[-1] in eos_ids),
+                "prompt_index": start + local,
+                "sample_index": order // per_run,
+                "particle_index": order % per_run,
+                "shard": shard,
+                "stats": dict(stats),
+            }
+        )
+    expected = config.num_samples_per_prompt * per_run
+    if any(n != expected for n in seen.values()) or len(seen) != len(prompts):
+        raise RuntimeError(
+            f"The sampler returned {sorted(seen.values())} rows per prompt for {len(prompts)} prompts; expected "
+            f"{expected} each (num_samples_per_prompt x particles)."
+        )
+    return rows
+
+
+def _write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # atomic: a shard file exists only once it is complete
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _shard_path(output_dir: Path, shard: int) -> Path:
+    return output_dir / SHARD_DIR / f"shard-{shard:06d}.jsonl"
+
+
+# ----- building the data set -----------------------------------------------------------------------------------------
+
+
+def _build_dataset(rows: list[dict[str, Any]], input_dataset: Any, metadata: dict[str, Any]) -> Any:
+    from datasets import Dataset, DatasetInfo, concatenate_datasets
+
+    keys = sorted({k for row in rows for k in row["stats"]})
+    for row in rows:
+        row["stats"] = {k: row["stats"].get(k) for k in keys}
+    rows.sort(key=lambda r: (r["prompt_index"], r["sample_index"], r["particle_index"]))
+    description = json.dumps({METADATA_KEY: metadata}, sort_keys=True)
+    dataset = Dataset.from_list(rows, info=DatasetInfo(description=description))
+    if input_dataset is not None and len(input_dataset.column_names) > 1:
+        extra = input_dataset.remove_columns("prompt").select(dataset["prompt_index"]).flatten_indices()
+        dataset = concatenate_datasets([dataset, extra], axis=1, info=DatasetInfo(description=description))
+    return dataset
+
+
+def _push(
+    dataset: Any, metadata: dict[str, Any], repo_id: str, private: bool | None, token: str | None
+) -> None:
+    """Push through the datasets API; the metadata also goes up as a JSON file (the card keeps no description)."""
+    from huggingface_hub import HfApi
+
+    dataset.push_to_hub(repo_id, private=private, token=token)
+    HfApi(token=token).upload_file(
+        path_or_fileobj=json.dumps({METADATA_KEY: metadata}, indent=1, sort_keys=True).encode(),
+        path_in_repo=HUB_METADATA_FILE,
+        repo_id=repo_id,
+        repo_type="dataset",
+        token=token,
+    )
+
+
+def generate_power_dataset(
+    model: torch.nn.Module | str,
+    tokenizer: Any,
+    prompts_or_dataset: Any,
+    sampling_config: PowerSamplingConfig | None = None,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    shard_size: int = 64,
+    overwrite: bool = False,
+    push_to_hub: bool = False,
+    hub_dataset_id: str | None = None,
+    hub_private: bool | None = None,
+    hub_token: str | None = None,
+    show_progress: bool = False,
+) -> Any:
+    """Draw teacher completions from p_alpha(y|x) ∝ p(y|x)^alpha for every prompt, as a `datasets.Dataset`.
+
+    ```python
+    config = PowerSamplingConfig(method="smc", alpha=4.0, max_new_tokens=256, num_particles=16)
+    dataset = generate_power_dataset(model, tokenizer, prompts, config, output_dir="teacher")
+    ```
+
+    Args:
+        model: A transformers causal LM (PEFT included), or a path / Hub id loaded with `AutoModelForCausalLM` onto
+            this process's device (under `accelerate launch`, load your own model per process onto
+            `PartialState().device`; it is not moved).
+        tokenizer: Its tokenizer (`None` with a model path: loaded from the same path).
+        prompts_or_dataset: Prompts (strings, conversational message lists, or token-id lists), or a
+            `datasets.Dataset` with a `prompt` column; its other columns are carried over to every row of the prompt.
+        sampling_config: Any `PowerSamplingConfig` (default: `PowerSamplingConfig()`). `num_samples_per_prompt`
+            completions per prompt; with `return_all_particles` (SMC/SIR) every particle becomes a weighted row.
+            `seed=None` draws a seed, which is recorded so that a resumed run continues with it.
+        output_dir: Where shards are written as they are done (`shards/shard-NNNNNN.jsonl`), the manifest
+            (`power_dataset.json`) and the merged data set (`dataset/`, `datasets.load_from_disk`). A rerun with
+            the same arguments resumes: finished shards are read back, the others are sampled. `None`: in memory.
+        shard_size: Prompts per shard. Rows depend on it (each shard has its own seed), not on the number of
+            processes, the sampler batch size or interruptions.
+        overwrite: Delete a previous run in `output_dir` whose settings differ, instead of raising.
+        push_to_hub: Push the data set to `hub_dataset_id` with `Dataset.push_to_hub` (main process), plus its
+            metadata as `trl_power_dataset.json`.
+        hub_dataset_id, hub_private, hub_token: Repository id, visibility and token of the push.
+        show_progress: A progress bar over shards on each process.
+
+    Returns:
+        A `datasets.Dataset`, one row per completion (rows ordered by prompt, then sample, then particle), columns:
+        `prompt` (as given); `completion` (text continuing the prompt, special tokens such as EOS included, see
+        `completion_text`; for conversational prompts `[{"role": "assistant", "content": text}]`); `prompt_ids`,
+        `completion_ids` (the exact sampled ids, EOS included when generated); `base_logprob` (log p(y|x), summed
+        over the completion tokens); `weight` (1.0, or the particle's self-normalised weight within its run for
+        `return_all_particles`: each run has total weight 1); `num_tokens`; `truncated` (no EOS within
+        `max_new_tokens`); `prompt_index` (position in the input), `sample_index` (run j of the prompt),
+        `particle_index`; `shard`; `stats` (the sampler's statistics per run, i.e. per answer: tokens forwarded,
+        prefill/decode tokens and seconds of its shard divided by the shard's runs, acceptance rate, mean ESS...).
+        `power_dataset_metadata(dataset)` returns the sampling config (with the seed used), model and shard size.
+
+    Under `accelerate launch` the pending shards are split round-robin across processes; every process returns the
+    full data set, merged by the main process (through `output_dir`, or gathered in memory without it). The
+    processes wait for each other with `torch.distributed` barriers, whose default timeout (30 minutes for gloo)
+    must exceed the slowest process's share of the sampling.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from datasets import load_from_disk
+
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if push_to_hub and not hub_dataset_id:
+        raise ValueError("push_to_hub=True needs hub_dataset_id ('user/name').")
+    config = sampling_config if sampling_config is not None else PowerSamplingConfig()
+    if not isinstance(config, PowerSamplingConfig):
+        raise TypeError(f"sampling_config must be a PowerSamplingConfig, got {type(config).__name__}")
+    prompts, input_dataset = _prompts_from_input(prompts_or_dataset)
+    if not prompts:
+        raise ValueError("No prompts.")
+    kinds = {prompt_format(p) for p in prompts}
+    if len(kinds) > 1:
+        raise ValueError(f"All prompts must have one format; found {sorted(kinds)}.")
+    kind = kinds.pop()
+
+    state = PartialState()
+    if isinstance(model, str | os.PathLike):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = str(model)
+        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(state.device)
+    prompt_ids = [tokenize_prompt(tokenizer, p) for p in prompts]
+    model_id = _model_id(model)
+    num_shards = -(-len(prompts) // shard_size)
+    out_dir = Path(output_dir) if output_dir is not None else None
+
+    # 1. The seed and the manifest (main process), so that every process and every rerun uses the same seed.
+    seed = config.seed
+    fingerprint = _fingerprint(prompts, config, shard_size, model_id)
+    if out_dir is not None:
+        manifest_path = out_dir / MANIFEST_FILE
+        if state.is_main_process:
+            manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+            if manifest is not None and manifest.get("fingerprint") != fingerprint:
+                if not overwrite:
+                    raise ValueError(
+                        f"{out_dir} holds a run with other prompts, sampling settings, shard size or model. Use "
+                        "another output_dir, or overwrite=True to delete it."
+                    )
+                shutil.rmtree(out_dir / SHARD_DIR, ignore_errors=True)
+                shutil.rmtree(out_dir / MERGED_DIR, ignore_errors=True)
+                manifest = None
+            if manifest is None:
+                if seed is None:
+                    seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint32)[0])
+                manifest = {"fingerprint": fingerprint, "seed": seed, "num_shards": num_shards}
+                (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+                _write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
+        state.wait_for_everyone()
+        seed = json.loads(manifest_path.read_text())["seed"]
+    elif seed is None:
+        drawn = [int(np.random.SeedSequence().generate_state(1, dtype=np.uint32)[0])]
+        seed = gather_object(drawn)[0] if state.num_processes > 1 else drawn[0]
+    used_config = replace(config, seed=int(seed), show_progress=False)
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "sampling_config": _sampling_dict(used_config),
+        "alpha": used_config.alpha,
+        "method": used_config.method,
+        "model": model_id,
+        "shard_size": shard_size,
+        "num_prompts": len(prompts),
+        "prompt_format": kind,
+        "hub_dataset_id": hub_dataset_id if push_to_hub else None,
+    }
+
+    # 2. Pending shards, listed by every process before any of them writes.
+    if out_dir is not None and (out_dir / MERGED_DIR).exists():  # a finished run: nothing to sample
+        dataset = load_from_disk(str(out_dir / MERGED_DIR))
+        if push_to_hub and state.is_main_process:
+            _push(dataset, metadata, hub_dataset_id, hub_private, hub_token)
+        state.wait_for_everyone()
+        return dataset
+    pending = [s for s in range(num_shards) if out_dir is None or not _shard_path(out_dir, s).exists()]
+    if out_dir is not None:
+        state.wait_for_everyone()
+    mine = pending[state.process_index :: state.num_processes]
+
+    # 3. Sample this process's shards.
+    from tqdm.auto import tqdm
+
+    sampler = PowerSampler(model, tokenizer, used_config)
+    eos_ids = eos_token_ids(model, tokenizer)
+    local_rows: list[dict[str, Any]] = []
+    for s in tqdm(mine, desc=f"power data set (process {state.process_index})", disable=not show_progress):
+        lo, hi = s * shard_size, min(len(prompts), (s + 1) * shard_size)
+        rows = _shard_rows(
+            sampler,
+            replace(used_config, seed=shard_seed(seed, s)),
+            prompts[lo:hi],
+            prompt_ids[lo:hi],
+            lo,
+            s,
+            eos_ids,
+        )
+        if out_dir is not None:
+            _write_jsonl_atomic(_shard_path(out_dir, s), rows)
+        else:
+            local_rows += rows
+
+    # 4. Merge (main process), save, push.
+    if out_dir is None:
+        rows = gather_object(local_rows) if state.num_processes > 1 else local_rows
+        dataset = _build_dataset(rows, input_dataset, metadata)
+        if push_to_hub and state.is_main_process:
+            _push(dataset, metadata, hub_dataset_id, hub_private, hub_token)
+        state.wait_for_everyone()
+        return dataset
+    state.wait_for_everyone()
+    if state.is_main_process:
+        missing = [s for s in range(num_shards) if not _shard_path(out_dir, s).exists()]
+        if missing:
+            raise RuntimeError(f"Shards {missing[:10]} are missing after sampling; rerun to resume.")
+        rows = [row for s in range(num_shards) for row in _read_jsonl(_shard_path(out_dir, s))]
+        dataset = _build_dataset(rows, input_dataset, metadata)
+        tmp = out_dir / f".{MERGED_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        dataset.save_to_disk(str(tmp))
+        os.replace(tmp, out_dir / MERGED_DIR)
+        if push_to_hub:
+            _push(dataset, metadata, hub_dataset_id, hub_private, hub_token)
+    state.wait_for_everyone()
+    return load_from_disk(str(out_dir / MERGED_DIR))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
