@@ -1,0 +1,646 @@
+"""Power self-distillation: fit a student to the power distribution p_alpha(y|x) ∝ p(y|x)^alpha by maximum likelihood.
+
+    min_theta KL(p_alpha || pi_theta) = max_theta E_{x, y~p_alpha(.|x)}[ log pi_theta(y|x) ] + const
+
+is plain NLL of the completion tokens on teacher samples y ~ p_alpha (DESIGN.md 1.3). With weighted teacher samples
+(SMC/SIR particle sets, `weight` column), the self-normalised weighted NLL
+
+    L(theta) = sum_i w_i * (-log pi_theta(y_i|x_i)) / sum_i w_i
+
+is the importance-sampling estimate of the same cross-entropy; its minimiser over all distributions is the weighted
+empirical distribution of the particles, a consistent estimate of p_alpha. The student then answers like the power
+sampler at the cost of one plain sample. See Tomihari & Sato 2026 (arXiv 2605.04542).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import textwrap
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from trl import SFTConfig, SFTTrainer
+from trl.data_utils import get_dataset_column_names
+from trl.trainer.utils import get_config_model_id
+
+from trl_power.data import power_dataset_metadata, prompt_format, tokenize_prompt
+from trl_power.modeling import adapter_disabled, is_peft_model
+from trl_power.sampling import PowerSampler, PowerSamplingConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from datasets import Dataset, IterableDataset
+    from peft import PeftConfig
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+
+# Columns that carry teacher completions, in any format SFTTrainer (or the exact-ids path) understands.
+_COMPLETION_COLUMNS = ("completion", "completion_ids", "text", "messages", "input_ids")
+
+
+@dataclass
+class PowerDistillConfig(SFTConfig):
+    r"""
+    Configuration class for the [`PowerDistillTrainer`].
+
+    Only the parameters specific to power self-distillation are listed; every [`~trl.SFTConfig`] parameter (data
+    handling, `completion_only_loss`, `packing` (off by default), `max_length`, `peft`...) passes through unchanged.
+
+    Parameters:
+        > Parameters of the teacher
+
+        sampling_config ([`PowerSamplingConfig`], `dict` or `str`, *optional*):
+            Online mode: how the trainer draws teacher samples from p_alpha itself, for a prompt-only training data
+            set. A `PowerSamplingConfig`, its fields as a dict, or that dict as a JSON string (command line). The
+            teacher is the base model: for a PEFT student the same weights with the adapter disabled (no second
+            copy), otherwise the `teacher_model` given to the trainer or a frozen copy of the initial model. Stored as
+            a dict; [`~PowerDistillConfig.power_sampling_config`] gives the object. `None` (default): offline mode,
+            the data set holds the teacher completions (e.g. from [`~trl_power.generate_power_dataset`]).
+        teacher_refresh_steps (`int`, *optional*, defaults to `1`):
+            Online mode: teacher samples of a prompt are drawn the first time the prompt is needed in a refresh round
+            of this many optimizer steps, and reused within the round (a prompt seen again in a later round gets fresh
+            samples). `1`: fresh teacher samples at every step, i.e. stochastic gradient descent on the population
+            objective KL(p_alpha || pi) with no finite-sample overfitting.
+        use_sampled_ids (`bool`, *optional*, defaults to `True`):
+            When the data set has `prompt_ids` and `completion_ids` columns (as written by `generate_power_dataset`),
+            train on exactly those token ids: input = prompt_ids + completion_ids, loss on the completion ids. The
+            student then learns exactly the sampled sequences (EOS only where the teacher generated it; a completion
+            cut at `max_new_tokens` gets no EOS). `False`: use SFTTrainer's text pipeline on `prompt`/`completion`,
+            which re-tokenizes the text and appends EOS to every completion.
+        alpha (`float`, *optional*):
+            The power of the teacher data, recorded in the model card. Read from `sampling_config` (online) or from
+            the data set metadata written by `generate_power_dataset` when not given; giving a different value than
+            those is an error. It does not change the loss: the data decide what is learned.
+
+    > [!NOTE]
+    > Loss: the NLL of the completion tokens, summed per sequence (the sequence log-likelihood is what
+    > KL(p_alpha || pi) needs) and, as in SFTTrainer, divided by the number of completion tokens of the (accumulated)
+    > batch. With a `weight` column each sequence's NLL is multiplied by its weight and the divisor is the
+    > weighted token count sum_i w_i * T_i, so unit weights give exactly SFTTrainer's loss and the gradient of a batch
+    > is the self-normalised weighted one, sum_i w_i grad(-log pi(y_i|x_i)) / sum_i w_i T_i.
+    """
+
+    _VALID_DICT_FIELDS = SFTConfig._VALID_DICT_FIELDS + ["sampling_config"]
+
+    sampling_config: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Online mode: PowerSamplingConfig fields (a dict, or JSON on the command line) for drawing teacher "
+            "samples from the base model during training. None: the data set holds the teacher completions."
+        },
+    )
+    teacher_refresh_steps: int = field(
+        default=1,
+        metadata={"help": "Online mode: teacher samples are redrawn every this many optimizer steps."},
+    )
+    use_sampled_ids: bool = field(
+        default=True,
+        metadata={
+            "help": "Train on the exact `prompt_ids` + `completion_ids` of the data set when present (no "
+            "re-tokenization, EOS only where sampled)."
+        },
+    )
+    alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "Power of the teacher data, for the model card (read from the data/sampling config)."
+        },
+    )
+
+    def __post_init__(self):
+        if isinstance(self.sampling_config, PowerSamplingConfig):
+            self.sampling_config = self.sampling_config.to_dict()
+        super().__post_init__()  # parses a JSON string in `sampling_config`
+        if self.sampling_config is not None:
+            if not isinstance(self.sampling_config, dict):
+                raise TypeError(
+                    "sampling_config must be a PowerSamplingConfig, a dict of its fields or a JSON string, got "
+                    f"{type(self.sampling_config).__name__}."
+                )
+            try:
+                PowerSamplingConfig(**self.sampling_config)
+            except TypeError as e:
+                raise ValueError(f"sampling_config has fields PowerSamplingConfig does not know: {e}") from e
+            sampling_alpha = float(self.sampling_config.get("alpha", PowerSamplingConfig.alpha))
+            if self.alpha is not None and not math.isclose(self.alpha, sampling_alpha):
+                raise ValueError(f"alpha={self.alpha} disagrees with sampling_config alpha={sampling_alpha}.")
+            self.alpha = sampling_alpha
+        if self.teacher_refresh_steps < 1:
+            raise ValueError(f"teacher_refresh_steps must be >= 1, got {self.teacher_refresh_steps}")
+        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha}")
+
+    @property
+    def power_sampling_config(self) -> PowerSamplingConfig | None:
+        """`sampling_config` as a `PowerSamplingConfig` (None in offline mode)."""
+        return None if self.sampling_config is None else PowerSamplingConfig(**self.sampling_config)
+
+
+class _DistillCollator:
+    """SFT's collator plus a `weight` tensor [B]; raw prompt rows (online mode) pass through as a list."""
+
+    def __init__(self, lm_collator: Any):
+        self.lm_collator = lm_collator
+
+    def __call__(self, examples: list[dict[str, Any]]) -> Any:
+        if "input_ids" not in examples[0]:
+            return list(examples)
+        weights = [float(ex["weight"]) for ex in examples] if "weight" in examples[0] else None
+        batch = self.lm_collator([{k: v for k, v in ex.items() if k != "weight"} for ex in examples])
+        if weights is not None:
+            batch["weight"] = torch.tensor(weights, dtype=torch.float32)
+        return batch
+
+
+def _derived_seed(*parts: int) -> int:
+    return int(
+        np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)
+    )
+
+
+def validate_teacher_dataset(dataset: Any, name: str, online: bool, use_sampled_ids: bool = True) -> None:
+    """Clear errors, before training, for data sets that cannot be distilled from.
+
+    Offline: there must be completions (a `completion`, `completion_ids`, `text`, `messages` or `input_ids` column), none
+    empty; online: a `prompt` column and no completions. A `weight` column must be finite, >= 0 and not all zero.
+    An `IterableDataset` is checked on its first example only.
+    """
+    from datasets import Dataset
+
+    columns = get_dataset_column_names(dataset)
+    has_completions = any(c in columns for c in _COMPLETION_COLUMNS)
+    if online:
+        if "prompt" not in columns:
+            raise ValueError(f"Online mode needs a 'prompt' column in the {name} data set; it has {columns}.")
+        if has_completions:
+            raise ValueError(
+                f"The {name} data set has completions ({[c for c in _COMPLETION_COLUMNS if c in columns]}) but "
+                "sampling_config is set (online mode draws its own teacher samples). Remove them, or leave "
+                "sampling_config unset to distill from these completions."
+            )
+    elif not has_completions:
+        hint = (
+            "it holds prompts only. Generate teacher completions with trl_power.generate_power_dataset, or set "
+            "PowerDistillConfig(sampling_config=PowerSamplingConfig(...)) to sample them during training (online mode)."
+            if "prompt" in columns
+            else "it needs prompt/completion, completion_ids, text or messages columns."
+        )
+        raise ValueError(f"The {name} data set has no teacher completions ({columns}): {hint}")
+
+    rows = dataset if isinstance(dataset, Dataset) else [next(iter(dataset))]
+    n = len(rows)
+    if n == 0:
+        raise ValueError(f"The {name} data set is empty.")
+
+    def column(col: str) -> list[Any]:
+        return list(rows[col]) if isinstance(rows, Dataset) else [r[col] for r in rows]
+
+    if online:
+        for i, p in enumerate(column("prompt")):
+            try:
+                prompt_format(p)
+            except ValueError as e:
+                raise ValueError(f"Row {i} of the {name} data set: {e}") from None
+    else:
+        if use_sampled_ids and "completion_ids" in columns and "prompt_ids" in columns:
+            empty = [i for i, c in enumerate(column("completion_ids")) if c is None or len(c) == 0]
+        elif "completion" in columns:
+            empty = [i for i, c in enumerate(column("completion")) if _is_empty_completion(c)]
+        elif "completion_ids" in columns:
+            empty = [i for i, c in enumerate(column("completion_ids")) if c is None or len(c) == 0]
+        elif "messages" in columns:
+            empty = [i for i, c in enumerate(column("messages")) if _is_empty_completion(c)]
+        elif "text" in columns:
+            empty = [i for i, c in enumerate(column("text")) if _is_empty_completion(c)]
+        else:
+            empty = [i for i, c in enumerate(column("input_ids")) if c is None or len(c) == 0]
+        if empty:
+            raise ValueError(
+                f"{len(empty)} row(s) of the {name} data set have an empty completion (rows {empty[:10]}). Every "
+                "teacher sample must have at least one token (a completion that is just EOS is fine: keep the EOS)."
+            )
+    if "weight" in columns:
+        try:
+            w = np.asarray(column("weight"), dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"The 'weight' column of the {name} data set must hold numbers.") from None
+        bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+        if bad.size:
+            raise ValueError(
+                f"The 'weight' column of the {name} data set must be finite and >= 0; rows {bad[:10].tolist()} "
+                f"hold {w[bad[:10]].tolist()}."
+            )
+        if isinstance(rows, Dataset) and not w.sum() > 0:
+            raise ValueError(f"The 'weight' column of the {name} data set is all zero.")
+
+
+def _is_empty_completion(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value == ""
+    if isinstance(value, list):
+        return len(value) == 0 or all(
+            isinstance(m, dict) and m.get("role") == "assistant" and not m.get("content") for m in value
+        )
+    return False
+
+
+class PowerDistillTrainer(SFTTrainer):
+    r"""
+    Power self-distillation: maximum likelihood on teacher samples from p_alpha(y|x) ∝ p(y|x)^alpha, i.e.
+    min KL(p_alpha || pi_student). The student (usually a LoRA adapter on the base model) then answers like the power
+    sampler at the cost of one plain sample.
+
+    Offline mode: `train_dataset` holds teacher completions, e.g. from [`~trl_power.generate_power_dataset`] (exact
+    sampled ids, `weight` column for particle sets), or any SFT prompt-completion / conversational data set. Online
+    mode (`args.sampling_config` set): `train_dataset` holds prompts only and the trainer draws the teacher samples
+    itself from the base model, refreshing them every `args.teacher_refresh_steps` steps; `per_device_train_batch_size`
+    then counts prompts, each contributing its `num_samples_per_prompt` samples (times `num_particles` with
+    `return_all_particles`).
+
+    Example:
+
+    ```python
+    >>> from peft import LoraConfig
+    >>> from trl_power import PowerDistillConfig, PowerDistillTrainer, PowerSamplingConfig, generate_power_dataset
+
+    >>> teacher = generate_power_dataset(model, tokenizer, prompts, PowerSamplingConfig(method="smc", alpha=4.0))
+    >>> trainer = PowerDistillTrainer(
+    ...     model=model, args=PowerDistillConfig(output_dir="student"), train_dataset=teacher,
+    ...     processing_class=tokenizer, peft_config=LoraConfig(target_modules="all-linear"),
+    ... )
+    >>> trainer.train()
+    ```
+
+    Args:
+        model, args, data_collator, train_dataset, eval_dataset, processing_class, callbacks, optimizers,
+        quantization_config, peft_config:
+            As in [`~trl.SFTTrainer`]; `args` is a [`PowerDistillConfig`]. `eval_dataset` must hold teacher
+            completions in both modes (its loss estimates the cross-entropy of p_alpha under the student).
+        teacher_model (`str` or [`~transformers.PreTrainedModel`], *optional*):
+            Online mode, non-PEFT student: the model whose power distribution is sampled (same tokenizer). Defaults to
+            a frozen copy of the initial `model`. Not allowed with a PEFT student, whose teacher is its own base
+            weights with the adapter disabled.
+
+    Logged in online mode: `teacher/tokens_forwarded`, `teacher/seconds`, `teacher/base_logprob` (mean log p(y|x)
+    of the teacher samples), `teacher/samples` and the sampler's `teacher/acceptance_rate` or `teacher/mean_ess`.
+    With weights: `weight_ess`, the effective sample size (sum w)^2 / sum w^2 of each batch.
+    """
+
+    _tag_names = ["trl", "sft", "trl-power", "power-distillation"]
+    _name = "Power Distill"
+    _paper = {
+        "title": "Power Distribution Bridges Sampling, Self-Reward RL, and Self-Distillation",
+        "id": "2605.04542",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{tomihari2026power,
+                title         = {{Power Distribution Bridges Sampling, Self-Reward RL, and Self-Distillation}},
+                author        = {Tomihari and Sato},
+                year          = 2026,
+                eprint        = {2605.04542},
+                archivePrefix = {arXiv},
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        args: PowerDistillConfig | None = None,
+        data_collator: Any = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Any = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (
+            None,
+            None,
+        ),
+        quantization_config: Any = None,
+        peft_config: PeftConfig | None = None,
+        teacher_model: str | PreTrainedModel | None = None,
+    ):
+        if args is None:
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = PowerDistillConfig(f"{model_name.split('/')[-1]}-PowerDistill")
+        elif not isinstance(args, PowerDistillConfig):
+            raise TypeError(f"PowerDistillTrainer needs a PowerDistillConfig, got {type(args).__name__}.")
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required")
+
+        self._online = args.sampling_config is not None
+        self._sampling_config = args.power_sampling_config
+        validate_teacher_dataset(train_dataset, "train", self._online, args.use_sampled_ids)
+        eval_sets = (
+            eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset} if eval_dataset else {}
+        )
+        for key, dataset in eval_sets.items():
+            validate_teacher_dataset(dataset, key, online=False, use_sampled_ids=args.use_sampled_ids)
+        self._weighted = "weight" in get_dataset_column_names(train_dataset) or self._online
+        if self._weighted:
+            if args.packing or args.padding_free:
+                raise ValueError(
+                    "Weighted teacher samples (a 'weight' column, or online mode) need one sequence per row: set "
+                    "packing=False and padding_free=False."
+                )
+            if args.label_smoothing_factor > 0:
+                raise ValueError("label_smoothing_factor is not supported with weighted teacher samples.")
+        if self._online:
+            if args.completion_only_loss is False:
+                raise ValueError(
+                    "Online mode trains on the completion tokens only; leave completion_only_loss unset."
+                )
+            args.completion_only_loss = True  # also for the (offline-format) eval data sets
+
+        # The teacher of online mode. PEFT: the same weights with the adapter disabled (no copy). Otherwise a frozen
+        # copy taken now, before SFTTrainer patches the model's forward (a later deepcopy would keep calling the
+        # original model through the patched forward's closure).
+        will_be_peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
+        self._teacher_model: torch.nn.Module | None = None
+        if teacher_model is not None and (not self._online or will_be_peft):
+            raise ValueError(
+                "teacher_model is only used in online mode with a non-PEFT student (a PEFT student's teacher is its "
+                "base weights with the adapter disabled)."
+            )
+        if self._online and not will_be_peft:
+            source = teacher_model if teacher_model is not None else model
+            if isinstance(source, str):
+                from transformers import AutoModelForCausalLM
+
+                kwargs = dict(args.model_init_kwargs or {})
+                kwargs.setdefault("dtype", torch.float32)
+                self._teacher_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            else:
+                self._teacher_model = source if teacher_model is not None else copy.deepcopy(source)
+            self._teacher_model.eval().requires_grad_(False)
+        self._teacher_round = -1
+        self._teacher_cache: dict[int, list[tuple[list[int], float]]] = {}
+        self._teacher_calls = 0
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+        )
+        self.data_collator = _DistillCollator(self.data_collator)
+        if self._teacher_model is not None:
+            self._teacher_model.to(self.accelerator.device)
+        self._dataset_metadata = power_dataset_metadata(train_dataset)
+        self._check_alpha()
+
+    # ----- data ------------------------------------------------------------------------------------------------------
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        columns = get_dataset_column_names(dataset)
+        if self._online and not any(c in columns for c in _COMPLETION_COLUMNS):
+            # Online prompts: tokenized like `generate_power_dataset` does; completions come in `get_batch_samples`.
+            tokenizer = self._tokenizer
+
+            def tokenize(example, index):
+                return {"prompt_ids": tokenize_prompt(tokenizer, example["prompt"]), "prompt_index": index}
+
+            return dataset.map(tokenize, with_indices=True)
+        if (
+            args.use_sampled_ids
+            and {"prompt_ids", "completion_ids"} <= set(columns)
+            and "input_ids" not in columns
+        ):
+            # Exact sampled ids: a pre-tokenized data set for SFTTrainer, which then builds the completion-only
+            # labels and truncates to max_length as usual.
+            def to_ids(example):
+                p, c = list(example["prompt_ids"]), list(example["completion_ids"])
+                return {"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)}
+
+            keep = {"weight"}
+            dataset = dataset.map(to_ids, remove_columns=[c for c in columns if c not in keep])
+        return super()._prepare_dataset(
+            dataset, processing_class, args, packing, formatting_func, dataset_name
+        )
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        extra = ["weight", "prompt_ids", "prompt_index"]
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *extra]))
+
+    # ----- online teacher ----------------------------------------------------------------------------------------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if batch_samples and isinstance(batch_samples[0], list):  # online: prompt rows -> teacher batches
+            batch_samples = self._teacher_batches(batch_samples)
+            num_items_in_batch = self._get_num_items_in_batch(batch_samples, device)
+        return batch_samples, num_items_in_batch
+
+    def _teacher_batches(self, raw_batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Completes each prompt row with its teacher samples of the current refresh round and collates."""
+        refresh_round = self.state.global_step // self.args.teacher_refresh_steps
+        if refresh_round != self._teacher_round:
+            self._teacher_cache.clear()
+            self._teacher_round = refresh_round
+        needed: dict[int, list[int]] = {}
+        for batch in raw_batches:
+            for row in batch:
+                if row["prompt_index"] not in self._teacher_cache:
+                    needed[row["prompt_index"]] = list(row["prompt_ids"])
+        if needed:
+            self._draw_teacher(needed)
+        max_length = self.args.max_length
+        batches = []
+        for batch in raw_batches:
+            examples = []
+            for row in batch:
+                prompt = list(row["prompt_ids"])
+                for completion, weight in self._teacher_cache[row["prompt_index"]]:
+                    input_ids, labels = prompt + completion, [-100] * len(prompt) + completion
+                    if max_length is not None:
+                        input_ids, labels = input_ids[:max_length], labels[:max_length]
+                    examples.append({"input_ids": input_ids, "labels": labels, "weight": weight})
+            batches.append(self.data_collator(examples))
+        return batches
+
+    @torch.no_grad()
+    def _draw_teacher(self, prompts: dict[int, list[int]]) -> None:
+        """Teacher samples from p_alpha of the base model for the given {prompt index: prompt ids}."""
+        base_seed = self._sampling_config.seed if self._sampling_config.seed is not None else self.args.seed
+        config = replace(
+            self._sampling_config,
+            seed=_derived_seed(
+                base_seed, self._teacher_round, self.accelerator.process_index, self._teacher_calls
+            ),
+            show_progress=False,
+        )
+        self._teacher_calls += 1
+        indices = list(prompts)
+        if self._teacher_model is not None:
+            sampler = PowerSampler(self._teacher_model, self._tokenizer, config)
+            out = sampler.sample([prompts[i] for i in indices])
+        else:
+            model = self.accelerator.unwrap_model(self.model)
+            with adapter_disabled(model):
+                out = PowerSampler(model, self._tokenizer, config).sample([prompts[i] for i in indices])
+        for i in indices:
+            self._teacher_cache[i] = []
+        for k in range(len(out)):
+            weight = float(out.weights[k]) if out.weights is not None else 1.0
+            self._teacher_cache[indices[out.prompt_indices[k]]].append(
+                ([int(t) for t in out.completion_ids[k]], weight)
+            )
+        metrics = self._metrics["train"]
+        runs = len(indices) * config.num_samples_per_prompt
+        metrics["teacher/tokens_forwarded"].append(out.stats["tokens_forwarded"] / runs)
+        metrics["teacher/seconds"].append(out.stats["seconds"] / runs)
+        metrics["teacher/samples"].append(float(len(out)))
+        w = np.asarray(out.weights if out.weights is not None else [1.0] * len(out))
+        lp = np.asarray(out.base_logprobs)
+        metrics["teacher/base_logprob"].append(float((w * lp).sum() / w.sum()))
+        for key in ("acceptance_rate", "mean_ess"):
+            if key in out.stats:
+                metrics[f"teacher/{key}"].append(float(out.stats[key]))
+
+    # ----- loss ------------------------------------------------------------------------------------------------------
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        # The loss divisor of a weighted batch is the weighted count of completion tokens sum_i w_i T_i over the
+        # accumulated batch (and processes), instead of SFTTrainer's plain count; same rules otherwise.
+        num_items_in_batch = super()._get_num_items_in_batch(batch_samples, device)
+        if num_items_in_batch is None or not batch_samples or "weight" not in batch_samples[0]:
+            return num_items_in_batch
+        weighted = sum(
+            ((b["labels"][:, 1:] != -100).float() * b["weight"][:, None].float()).sum() for b in batch_samples
+        ).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            weighted = self.accelerator.gather(weighted).sum()
+        return weighted / (self.get_tp_size() * self.get_cp_size() * self.get_sp_size())
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "weight" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        weight = inputs["weight"]
+        inputs = {k: v for k, v in inputs.items() if k != "weight"}
+        # Weighted NLL. SFTTrainer's loss is sum(-log p) / token count with no per-sequence factor to hook into, so
+        # the weighted case runs the same fused forward and reduction here, with w_i on each sequence's tokens.
+        mode = "train" if self.model.training else "eval"
+        inputs["use_cache"] = False
+        outputs = model(**inputs, fused_lm_head=True)
+        w = weight.to(outputs.log_probs.device, outputs.log_probs.dtype)[:, None]
+        per_token_loss = -outputs.log_probs * w
+        if self.args.loss_type == "dft":
+            per_token_loss = per_token_loss * outputs.log_probs.exp().detach()
+        mask = outputs.label_mask
+        divisor = (mask * w).sum() if num_items_in_batch is None else num_items_in_batch
+        loss = per_token_loss.sum() / torch.as_tensor(divisor).clamp(min=1e-12)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+
+        metrics = self._metrics[mode]
+        num_valid = self.accelerator.gather_for_metrics(mask.sum()).sum()
+        entropy = self.accelerator.gather_for_metrics(outputs.entropy.detach().sum()).sum()
+        correct = self.accelerator.gather_for_metrics(outputs.is_top1.sum()).sum()
+        metrics["entropy"].append((entropy / num_valid).item() if num_valid > 0 else 0.0)
+        metrics["mean_token_accuracy"].append((correct / num_valid).item() if num_valid > 0 else 0.0)
+        all_w = self.accelerator.gather_for_metrics(weight.to(mask.device))
+        metrics["weight_ess"].append((all_w.sum() ** 2 / (all_w**2).sum().clamp(min=1e-30)).item())
+        if mode == "train":
+            tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+            self._total_train_tokens += tokens // self._tp_size
+        metrics["num_tokens"] = [self._total_train_tokens]
+        if return_outputs:
+            with torch.no_grad():
+                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            return loss, outputs
+        return loss
+
+    # ----- model card ------------------------------------------------------------------------------------------------
+
+    def _check_alpha(self) -> None:
+        meta_alpha = (self._dataset_metadata or {}).get("alpha")
+        if (
+            self.args.alpha is not None
+            and meta_alpha is not None
+            and not math.isclose(self.args.alpha, meta_alpha)
+        ):
+            raise ValueError(
+                f"PowerDistillConfig.alpha={self.args.alpha} but the teacher data set was generated with "
+                f"alpha={meta_alpha}."
+            )
+
+    def distillation_record(self, dataset_name: str | None = None) -> dict[str, Any]:
+        """What the model card records: alpha, sampler, teacher model, data set, mode."""
+        meta = self._dataset_metadata or {}
+        if self._online:
+            sampling = self.args.sampling_config
+            teacher = (
+                get_config_model_id(self._teacher_model.config)
+                if self._teacher_model is not None
+                else get_config_model_id(self.accelerator.unwrap_model(self.model).config)
+            )
+        else:
+            sampling = meta.get("sampling_config")
+            teacher = meta.get("model")
+        alpha = self.args.alpha if self.args.alpha is not None else meta.get("alpha")
+        train = self.train_dataset
+        return {
+            "mode": "online" if self._online else "offline",
+            "alpha": alpha,
+            "sampler": (sampling or {}).get("method"),
+            "sampling_config": sampling,
+            "teacher_model": teacher,
+            "teacher_is_base_with_adapter_disabled": self._online and self._teacher_model is None,
+            "dataset": dataset_name or meta.get("hub_dataset_id"),
+            "dataset_rows": len(train) if hasattr(train, "__len__") else None,
+            "weighted": self._weighted,
+            "teacher_refresh_steps": self.args.teacher_refresh_steps if self._online else None,
+        }
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
+    ):
+        """TRL's model card, plus a `trl_power` metadata entry and a section on the power distillation."""
+        if not self.is_world_process_zero():
+            return
+        record = self.distillation_record(dataset_name)
+        super().create_model_card(model_name=model_name, dataset_name=record["dataset"], tags=tags)
+        from huggingface_hub import ModelCard
+
+        path = os.path.join(self.args.output_dir, "README.md")
+        card = ModelCard.load(path)
+        card.data.trl_power = {k: v for k, v in record.items() if k != "sampling_config"}
+        sampling = json.dumps(record["sampling_config"], indent=1, sort_keys=True)
+        card.text += (
+            textwrap.dedent(
+                f"""
+
+            ## Power self-distillation
+
+            This model was trained with `trl-power`'s `PowerDistillTrainer` to imitate the power distribution
+            p_alpha(y|x) ∝ p(y|x)^alpha of its teacher (min KL(p_alpha || student) by maximum likelihood on teacher
+            samples).
+
+            - alpha: {record["alpha"]}
+            - sampler: {record["sampler"]} ({record["mode"]} mode{", teacher = base weights with the adapter disabled" if record["teacher_is_base_with_adapter_disabled"] else ""})
+            - teacher model: {record["teacher_model"]}
+            - data set: {record["dataset"]} ({record["dataset_rows"]} rows{", weighted particles" if record["weighted"] else ""})
+
+            Sampling configuration:
+
+            ```json
+            """
+            )
+            + sampling
+            + "\n```\n"
+        )
+        card.save(path)
