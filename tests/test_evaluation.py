@@ -127,6 +127,7 @@ def test_diagnostic_verdicts():
     hurts = covariance_diagnostic(1 - good, lp, alpha=4.0, bootstrap=100)
     flat = covariance_diagnostic(np.ones_like(lp), lp, alpha=4.0, bootstrap=100)
     assert helps.verdict == "help" and helps.predicted_gain > 0 and "should help" in helps.message
+    assert helps.gain_ci[1] <= 1 - helps.base_reward + 1e-12  # clipped to the feasible gains
     assert hurts.verdict == "hurt" and hurts.predicted_gain == pytest.approx(-helps.predicted_gain)
     assert flat.verdict == "unclear" and flat.predicted_gain == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError):

@@ -309,7 +309,8 @@ def covariance_diagnostic(
     Uncertainty: a two-stage bootstrap (resample prompts, then samples within each prompt) of the whole
     estimate. `interval="bc"` (default): the bias-corrected percentile interval, quantiles
     Phi(2 z0 -/+ z_{(1+confidence)/2}) of the replicates with z0 = Phi^-1(share of replicates below the
-    estimate); `interval="percentile"`: the plain (1 -/+ confidence)/2 quantiles. The correction matters
+    estimate); `interval="percentile"`: the plain (1 -/+ confidence)/2 quantiles. Both are clipped to the
+    feasible gains [min r - E_p r, max r - E_p r] (r observed in the samples). The correction matters
     because a replicate holds fewer distinct samples, hits the rare strong sequences less often, and so
     lies mostly below the estimate. (Simulated on a trap-shaped distribution, 20 prompts x 32 samples,
     alpha 4: 90% intervals covered the true gain 88/100 times (bc), 85/100 (percentile).)
@@ -368,6 +369,8 @@ def covariance_diagnostic(
         lo, hi = b_lo, b_hi
     else:
         raise ValueError(f"interval must be 'bc' or 'percentile', got {interval!r}")
+    r_live = r[mask > 0]  # the gain cannot leave [min r - E_p r, max r - E_p r]
+    lo, hi = max(lo, float(r_live.min()) - base), min(hi, float(r_live.max()) - base)
     band = (np.quantile(bc, q, axis=0).tolist(), np.quantile(bc, 1 - q, axis=0).tolist())
 
     ess_alpha = ess[:, -1]
