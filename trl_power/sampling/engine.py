@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from trl_power.modeling import call_model, model_device, output_cache
 
@@ -69,6 +70,46 @@ def check_finite(logits: torch.Tensor) -> None:
         )
 
 
+class _GrowingLayer(DynamicLayer):
+    """A DynamicLayer that appends into a preallocated buffer (capacity doubles when full).
+
+    transformers' DynamicLayer concatenates on every step, copying the whole cache once per token (O(S^2)
+    memory traffic over a generation); decoding here appends one token per step, so writing in place
+    keeps it O(S)."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self._k = self._v = None
+            self._len = 0
+        n, add = self._len, key_states.shape[-2]
+        if self._k is None or n + add > self._k.shape[-2]:
+            cap = max(2 * (n + add), 64)
+            shape = (*key_states.shape[:-2], cap, key_states.shape[-1])
+            k = key_states.new_empty(shape)
+            v = value_states.new_empty((*value_states.shape[:-2], cap, value_states.shape[-1]))
+            if n:
+                k[..., :n, :] = self._k[..., :n, :]
+                v[..., :n, :] = self._v[..., :n, :]
+            self._k, self._v = k, v
+        self._k[..., n : n + add, :] = key_states
+        self._v[..., n : n + add, :] = value_states
+        self._len = n + add
+        self.keys, self.values = self._k[..., : self._len, :], self._v[..., : self._len, :]
+        return self.keys, self.values
+
+
+def _growing_cache(kv) -> DynamicCache:
+    cache = DynamicCache()
+    if kv is not None:
+        cache.layers = [_GrowingLayer() for _ in kv]
+        for layer, (k, v) in zip(cache.layers, kv):
+            layer.update(k, v)
+    else:
+        cache.layer_class_to_replicate = _GrowingLayer
+    return cache
+
+
 class DecodeState:
     """KV cache of each row's sequence minus its last token, and that last (`pending`) token.
 
@@ -78,6 +119,7 @@ class DecodeState:
 
     def __init__(self, kv, mask: torch.Tensor, positions: torch.Tensor, pending: torch.Tensor):
         self.kv = kv
+        self._cache = None  # the DynamicCache holding `kv`, kept across `advance` calls (no re-copy per step)
         self.mask = mask
         self.positions = positions
         self.pending = pending
@@ -116,7 +158,9 @@ class DecodeState:
         B = self.batch_size
         active = torch.ones(B, dtype=torch.bool, device=self.pending.device) if active is None else active
         mask = torch.cat([self.mask, active[:, None]], dim=1)
-        cache = DynamicCache(ddp_cache_data=self.kv) if self.kv is not None else DynamicCache()
+        if self._cache is None:
+            self._cache = _growing_cache(self.kv)
+        cache = self._cache
         out = call_model(
             model, self.pending[:, None], mask.long(), self.positions[:, None], cache=cache, logits_to_keep=1
         )
@@ -215,15 +259,17 @@ class RunRandom:
         self.generators = list(generators)
         self.run_of_row = list(run_of_row)
 
-    def uniforms(self, active: torch.Tensor) -> torch.Tensor:
-        """One U(0,1) per active row (0 for inactive rows), float64 on CPU."""
+    def uniforms(self, active: torch.Tensor, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """One U(0,1) per active row (0 for inactive rows), float64 on CPU. `rows` maps the given rows to
+        this object's rows (an ordered subset, as left when finished rows drop out of a batch)."""
         act = active.tolist()
+        run_of_row = self.run_of_row if rows is None else [self.run_of_row[r] for r in rows]
         out = torch.zeros(len(act), dtype=torch.float64)
         start = 0
         while start < len(act):
-            run = self.run_of_row[start]
+            run = run_of_row[start]
             end = start
-            while end < len(act) and self.run_of_row[end] == run:
+            while end < len(act) and run_of_row[end] == run:
                 end += 1
             rows = [r for r in range(start, end) if act[r]]
             if rows:
@@ -275,36 +321,43 @@ def decode(
 ) -> tuple[DecodeState, list[list[int]], list[list[float]], list[list[float]]]:
     """Sample up to max_steps[b] tokens for row b from q ∝ p^(1/temperature) (top-k/top-p truncated),
     stopping a row at EOS. Returns the new state (last token pending) and per row the tokens, their base
-    log-probs log p(y_t) and proposal log-probs log q(y_t), both read off the forward pass that sampled them."""
+    log-probs log p(y_t) and proposal log-probs log q(y_t), both read off the forward pass that sampled them.
+
+    Rows that are done drop out of the working batch once at most half of it is still active (one cache
+    gather), so finished rows stop costing forward compute."""
     B = state.batch_size
     device = state.pending.device
+    full, work = state, state
+    rows = torch.arange(B, device=device)  # work row -> row of `state`
     max_steps = max_steps.to(device)
     steps = torch.zeros(B, dtype=torch.long, device=device)
     active = max_steps > 0
     eos = torch.as_tensor(list(eos_ids), device=device)
-    toks, lps, lqs, acts = [], [], [], []
+    out_t: list[list[int]] = [[] for _ in range(B)]
+    out_p: list[list[float]] = [[] for _ in range(B)]
+    out_q: list[list[float]] = [[] for _ in range(B)]
     while bool(active.any()):
-        logits = state.advance(model, active)
-        counter.decode_tokens += int(active.sum())
+        n_active = int(active.sum())
+        if work.batch_size >= 4 and 2 * n_active <= work.batch_size:
+            full = full.replace_rows(rows, work)
+            keep = active.nonzero().squeeze(1)
+            work, rows, active = work.select(keep), rows[keep], active[keep]
+            steps, max_steps = steps[keep], max_steps[keep]
+        logits = work.advance(model, active)
+        counter.decode_tokens += n_active
         logp = torch.log_softmax(logits, -1)
         logq = proposal_logprobs(logits, temperature, top_k, top_p)
-        token = sample_from_logprobs(logq, rng.uniforms(active))
-        token = torch.where(active, token, state.pending)
-        toks.append(token)
-        lps.append(logp.gather(1, token[:, None]).squeeze(1))
-        lqs.append(logq.gather(1, token[:, None]).squeeze(1))
-        acts.append(active)
-        state.pending = token
+        token = sample_from_logprobs(logq, rng.uniforms(active, rows.tolist()))
+        token = torch.where(active, token, work.pending)
+        lp = logp.gather(1, token[:, None]).squeeze(1).tolist()
+        lq = logq.gather(1, token[:, None]).squeeze(1).tolist()
+        for i, (r, a, t) in enumerate(zip(rows.tolist(), active.tolist(), token.tolist())):
+            if a:
+                out_t[r].append(t)
+                out_p[r].append(lp[i])
+                out_q[r].append(lq[i])
+        work.pending = token
         steps = steps + active.long()
         active = active & (steps < max_steps) & ~torch.isin(token, eos)
-    if not toks:
-        return state, [[] for _ in range(B)], [[] for _ in range(B)], [[] for _ in range(B)]
-    T, A = torch.stack(toks, 1).tolist(), torch.stack(acts, 1).tolist()
-    LP, LQ = torch.stack(lps, 1).tolist(), torch.stack(lqs, 1).tolist()
-    out_t, out_p, out_q = [], [], []
-    for b in range(B):
-        n = sum(A[b])  # a row is active on a prefix of the steps
-        out_t.append(T[b][:n])
-        out_p.append(LP[b][:n])
-        out_q.append(LQ[b][:n])
-    return state.compact(), out_t, out_p, out_q
+    full = full.replace_rows(rows, work) if work is not full else work
+    return full.compact(), out_t, out_p, out_q
