@@ -1,0 +1,136 @@
+"""The `trl-power` command: help, argument checking before launch, `accelerate launch` command lines, one real run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trl_power import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "recipes" / "configs" / "tiny"
+LAUNCHED = ["sample", "self-reward", "distill", "eval"]
+
+
+@pytest.fixture
+def launches(monkeypatch) -> list[list[str]]:
+    """Record the `accelerate launch` command lines instead of running them."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(cli, "_run_accelerate", calls.append)
+    return calls
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in [*cli.RECIPES, "demo"]:
+        assert command in out
+
+
+@pytest.mark.parametrize("command", list(cli.RECIPES))
+def test_recipe_help_shows_every_option_with_its_default(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: trl-power {command}")
+    parser = cli.load_recipe(command).make_parser()
+    options = [a for a in parser._actions if a.dest not in ("help", "config")]
+    for action in options:
+        assert action.help, f"--{action.dest} has no description"
+        assert f"--{action.dest}" in out
+    assert out.count("(default:") >= len(options)
+    if command != "diagnose":
+        assert "--accelerate_config NAME_OR_PATH" in out and "multi_cpu" in out
+
+
+def test_launch_command_line(launches, tmp_path):
+    """Recipe fields go to the recipe, launcher options (command line or YAML) to `accelerate launch`."""
+    config = {**yaml.safe_load((TINY / "eval_power.yaml").read_text()), "num_processes": 2}
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
+    argv = ["--config", str(tmp_path / "eval.yaml"), "--max_prompts", "3", "--accelerate_config", "multi_cpu"]
+    argv += ["--main_process_port", "29777"]
+    assert cli.main(["eval", *argv]) == 0
+    (launch,) = launches
+    script = launch.index(str(ROOT / "recipes" / "evaluate.py"))
+    assert launch[:2] == ["--config_file", str(ROOT / "accelerate_configs" / "multi_cpu.yaml")]
+    assert sorted(launch[2:script]) == sorted(["--num_processes", "2", "--main_process_port", "29777"])
+    assert launch[script + 1 :] == ["--config", str(tmp_path / "eval.yaml"), "--max_prompts", "3"]
+
+
+@pytest.mark.parametrize("command", LAUNCHED)
+def test_every_training_command_launches_its_recipe(command, launches):
+    config = {"sample": "sample", "self-reward": "self_reward", "distill": "distill", "eval": "eval_power"}[
+        command
+    ]
+    assert cli.main([command, "--config", str(TINY / f"{config}.yaml")]) == 0
+    (launch,) = launches
+    assert launch[0] == str(ROOT / "recipes" / cli.RECIPES[command][0])
+    assert launch[1:] == ["--config", str(TINY / f"{config}.yaml")]
+
+
+def test_accelerate_config_names_and_paths():
+    names = cli.accelerate_config_names()
+    assert {"single_gpu", "multi_gpu", "fsdp2", "zero2", "zero3", "multi_cpu"} <= set(names)
+    for name in names:
+        path = ROOT / "accelerate_configs" / f"{name}.yaml"
+        assert cli.resolve_accelerate_config(["--accelerate_config", name, "--x"]) == [
+            "--config_file",
+            str(path),
+            "--x",
+        ]
+        assert cli.resolve_accelerate_config([f"--accelerate_config={path}"]) == ["--config_file", str(path)]
+        settings = yaml.safe_load(path.read_text())
+        assert settings["num_processes"] == {"single_gpu": 1, "multi_cpu": 2}.get(name, 8)
+        assert settings["use_cpu"] == (name == "multi_cpu")
+    with pytest.raises(ValueError, match="neither a file nor one of"):
+        cli.resolve_accelerate_config(["--accelerate_config", "zero4"])
+
+
+def test_bad_config_fails_before_anything_is_launched(launches, tmp_path, capsys):
+    config = {**yaml.safe_load((TINY / "eval_power.yaml").read_text()), "mcmc_stepz": 3}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--config", str(tmp_path / "bad.yaml")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        "trl-power eval: error: Unknown field(s) in the config file: 'mcmc_stepz' (did you mean 'mcmc_steps'?)"
+        in err
+    )
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--config", str(TINY / "eval_power.yaml"), "--accelerate_config", "zero4"])
+    assert "neither a file nor one of" in capsys.readouterr().err
+    assert launches == []
+
+
+def test_cli_runs_a_recipe_through_accelerate_launch(tmp_path):
+    """`trl-power sample` for real: the recipe script under `accelerate launch` (one process)."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["sum 1 2 3 4 :", "sum 9 9 9 9 :"]))
+    command = [sys.executable, "-m", "trl_power", "sample", "--config", str(TINY / "sample.yaml")]
+    command += [
+        "--dataset_name",
+        str(prompts),
+        "--num_samples_per_prompt",
+        "2",
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
+    command += ["--num_processes", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "4 completions of 2 prompts (smc, alpha=4)" in proc.stdout
+    from datasets import load_from_disk
+
+    data = load_from_disk(str(tmp_path / "out" / "dataset"))
+    assert len(data) == 4 and data["prompt"] == ["sum 1 2 3 4 :"] * 2 + ["sum 9 9 9 9 :"] * 2
