@@ -135,9 +135,9 @@ def _run_accelerate(accelerate_argv: list[str]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from trl_power.demo import run_sampling_demo
+    from trl_power.demo import run_demo
 
-    run_sampling_demo(alpha=args.alpha, num_samples=args.num_samples, seed=args.seed, quick=args.quick)
+    run_demo(args)
     return 0
 
 
@@ -148,15 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, (_, help_text) in RECIPES.items():
         sub.add_parser(command, help=help_text, add_help=False)  # the recipe's parser handles the arguments
+    from trl_power.demo import add_demo_arguments
+
     demo = sub.add_parser(
         "demo",
-        help="Show power sampling on an offline tiny model (no network, about a minute on 2 CPU cores).",
+        help="Power sampling, self-distillation and self-reward RL on the embedded tasks (offline, CPU, minutes).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    demo.add_argument("--alpha", type=float, default=4.0, help="the power alpha")
-    demo.add_argument("--num_samples", type=int, default=1000, help="samples per method")
-    demo.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    demo.add_argument("--quick", action="store_true", help="fewer samples, for tests")
+    add_demo_arguments(demo)
     demo.set_defaults(func=_demo)
     return parser
 
