@@ -499,3 +499,47 @@ def test_online_mode_full_model_uses_a_frozen_copy_as_teacher(tmp_path, targets)
     ):  # the teacher's forward is its own (not routed to the student by the patched forward)
         ids = torch.tensor([PROMPT])
         torch.testing.assert_close(teacher(input_ids=ids).logits, make_base()(input_ids=ids).logits)
+
+
+# ----- two processes ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.multiprocess
+def test_two_processes_weighted_step_equals_the_full_batch_step(small_teacher, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): one SGD step on 8 weighted rows split 4 + 4 across the processes
+    gives the single-process full-batch update theta - lr * grad[sum_i w_i NLL_i / sum_i w_i T_i] (the weighted token
+    count is summed over the processes); online mode runs with each process sampling its own prompts."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    model_dir = tmp_path / "model"
+    make_base().save_pretrained(model_dir)
+    make_tokenizer().save_pretrained(model_dir)
+    rows = small_teacher.select(range(0, len(small_teacher), 4))
+    assert len(rows) == 8 and len(set(rows["weight"])) > 1 and len(set(rows["num_tokens"])) > 1
+    rows.save_to_disk(str(tmp_path / "teacher"))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(repo)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += [str(repo / "tests" / "scripts" / "distill_multiprocess.py"), str(model_dir), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert {r["distributed_type"] for r in reports} == {"DistributedType.MULTI_CPU"}
+    assert [r["offline_steps"] for r in reports] == [1, 1] and [r["online_steps"] for r in reports] == [2, 2]
+
+    model = make_base()
+    lp, mask = completion_token_logprobs(model, rows["prompt_ids"], rows["completion_ids"], grad=True)
+    w = torch.tensor(rows["weight"])
+    loss = -(w * (lp * mask).sum(1)).sum() / (w * mask.sum(1)).sum()
+    loss.backward()
+    updated = torch.load(tmp_path / "offline.pt")
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(updated[name], param.detach() - 0.5 * param.grad, rtol=1e-4, atol=1e-6)
+    # online: each process drew teacher samples for its own prompt at each step (no prompt sampled twice per step)
+    assert [r["online_teacher_calls"] for r in reports] == [2, 2]
+    assert sorted(i for r in reports for i in r["online_prompts_sampled"]) == [0, 1]
+    assert all("teacher/tokens_forwarded" in r["online_logged"] for r in reports)
