@@ -196,14 +196,16 @@ def split_args(
     known = {a.dest for a in parser._actions}
     allowed = launcher_options()
     for where, rest in (("the config file", config_rest), ("the command line", cli_rest)):
-        unknown, value_allowed = [], False
+        unknown, after_option = [], False
         for token in rest:
             if token.startswith("--"):
                 name = token[2:].split("=", 1)[0]
-                value_allowed = name.replace("-", "_") in allowed and "=" not in token
                 if name.replace("-", "_") not in allowed:
                     unknown.append(name)
-            elif not value_allowed:
+                after_option = "=" not in token  # the next plain token is this option's value
+            elif after_option:
+                after_option = False
+            else:
                 unknown.append(token)
         if unknown:
             hints = [
