@@ -14,11 +14,12 @@ it is done, and a rerun skips the shards already on disk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -419,12 +420,7 @@ def generate_power_dataset(
         manifest_path = out_dir / MANIFEST_FILE
         if state.is_main_process:
             manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-            if manifest is not None and manifest.get("fingerprint") != fingerprint:
-                if not overwrite:
-                    raise ValueError(
-                        f"{out_dir} holds a run with other prompts, sampling settings, shard size or model. Use "
-                        "another output_dir, or overwrite=True to delete it."
-                    )
+            if manifest is not None and manifest.get("fingerprint") != fingerprint and overwrite:
                 shutil.rmtree(out_dir / SHARD_DIR, ignore_errors=True)
                 shutil.rmtree(out_dir / MERGED_DIR, ignore_errors=True)
                 manifest = None
@@ -435,11 +431,18 @@ def generate_power_dataset(
                 (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
                 _write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
         state.wait_for_everyone()
-        seed = json.loads(manifest_path.read_text())["seed"]
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("fingerprint") != fingerprint:  # raised on every process, so none waits at a barrier
+            raise ValueError(
+                f"{out_dir} holds a run with other prompts, sampling settings, shard size or model. Use another "
+                "output_dir, or overwrite=True to delete it."
+            )
+        seed = manifest["seed"]
     elif seed is None:
         drawn = [int(np.random.SeedSequence().generate_state(1, dtype=np.uint32)[0])]
         seed = gather_object(drawn)[0] if state.num_processes > 1 else drawn[0]
     used_config = replace(config, seed=int(seed), show_progress=False)
+    push_args = (push_to_hub, hub_dataset_id, hub_private, hub_token)
     metadata = {
         "format_version": FORMAT_VERSION,
         "sampling_config": _sampling_dict(used_config),
@@ -487,6 +490,16 @@ def generate_power_dataset(
             local_rows += rows
 
     # 4. Merge (main process), save, push.
+    with _datasets_progress(show_progress):
+        return _merge(state, out_dir, num_shards, local_rows, input_dataset, metadata, push_args)
+
+
+def _merge(state, out_dir, num_shards, local_rows, input_dataset, metadata, push_args) -> Any:
+    """Step 4 of `generate_power_dataset`: merge the shards (main process), save, push; every process returns."""
+    from accelerate.utils import gather_object
+    from datasets import load_from_disk
+
+    push_to_hub, hub_dataset_id, hub_private, hub_token = push_args
     if out_dir is None:
         rows = gather_object(local_rows) if state.num_processes > 1 else local_rows
         dataset = _build_dataset(rows, input_dataset, metadata)
@@ -509,6 +522,21 @@ def generate_power_dataset(
             _push(dataset, metadata, hub_dataset_id, hub_private, hub_token)
     state.wait_for_everyone()
     return load_from_disk(str(out_dir / MERGED_DIR))
+
+
+@contextlib.contextmanager
+def _datasets_progress(show: bool) -> Iterator[None]:
+    """The `datasets` library's own progress bars (map, save_to_disk) follow `show_progress`."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    restore = not show and not are_progress_bars_disabled()
+    if restore:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if restore:
+            enable_progress_bars()
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
