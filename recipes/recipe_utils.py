@@ -385,7 +385,7 @@ def load_model(model_args: Any, trust_remote_code: bool = False) -> tuple[Any, A
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None:
         kwargs.update(quantization_config=quantization_config, device_map={"": state.device})
-    if (Path(name).expanduser() / "adapter_config.json").exists():
+    if _is_adapter(name, model_args.model_revision):
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(name, **kwargs)
@@ -398,6 +398,19 @@ def load_model(model_args: Any, trust_remote_code: bool = False) -> tuple[Any, A
     )
     tokenizer.padding_side = "left"
     return model.eval(), tokenizer
+
+
+def _is_adapter(name: str, revision: str | None) -> bool:
+    """Whether `name` (a folder or a Hub id) holds a PEFT adapter rather than a full model."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return (path / "adapter_config.json").exists()
+    try:
+        from huggingface_hub import file_exists
+
+        return file_exists(name, "adapter_config.json", revision=revision)
+    except Exception:  # offline, private, ...: from_pretrained will say what is wrong
+        return False
 
 
 def load_verifier(script_args: PowerScriptArguments, *datasets: Any) -> Any:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -59,8 +60,42 @@ def files(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def test_sample_then_distill_then_evaluate_then_diagnose(tmp_path, files):
-    """The power-distillation pipeline: teacher data (SMC), a LoRA student, its evaluation, the diagnostic."""
+@pytest.fixture
+def hub(monkeypatch) -> dict[str, list]:
+    """No Hub here: the calls that push data sets, files and model folders are recorded instead."""
+    import huggingface_hub
+    import transformers.trainer
+    from datasets import Dataset
+
+    calls: dict[str, list] = {"datasets": [], "files": [], "folders": []}
+
+    class FakeApi:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            return SimpleNamespace(repo_id=repo_id)
+
+        def upload_folder(self, **kwargs):
+            calls["folders"].append(
+                {**kwargs, "files": sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())}
+            )
+            return "https://huggingface.co/commit"
+
+        def upload_file(self, **kwargs):
+            calls["files"].append(kwargs)
+
+    monkeypatch.setattr(
+        Dataset, "push_to_hub", lambda self, repo_id, **kw: calls["datasets"].append((repo_id, self))
+    )
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
+    return calls
+
+
+def test_sample_then_distill_then_evaluate_then_diagnose(tmp_path, files, hub):
+    """The power-distillation pipeline: teacher data (SMC), a LoRA student, its evaluation, the diagnostic; the data
+    set, the adapter with its model card, and the scored answers are pushed to a (mocked) Hub."""
     # 1. power_sample.py: 8 prompts x 2 samples in shards of 4
     teacher = tmp_path / "teacher"
     run_recipe(
@@ -72,6 +107,8 @@ def test_sample_then_distill_then_evaluate_then_diagnose(tmp_path, files):
             "num_samples_per_prompt": 2,
             "shard_size": 4,
             "output_dir": str(teacher),
+            "push_to_hub": True,
+            "hub_dataset_id": "someone/teacher",
         },
         tmp_path / "sample.yaml",
     )
@@ -106,6 +143,8 @@ def test_sample_then_distill_then_evaluate_then_diagnose(tmp_path, files):
             "bf16": False,
             "gradient_checkpointing": False,
             "output_dir": str(student),
+            "push_to_hub": True,
+            "hub_model_id": "someone/student",
         },
         tmp_path / "distill.yaml",
     )
@@ -115,6 +154,9 @@ def test_sample_then_distill_then_evaluate_then_diagnose(tmp_path, files):
     assert "Power self-distillation" in card and "alpha: 4.0" in card and "smc" in card
     assert "train_loss" in json.loads((student / "train_results.json").read_text())
     assert any("loss" in h for h in json.loads((student / "trainer_state.json").read_text())["log_history"])
+    pushed = hub["folders"][-1]  # the adapter, tokenizer and card go up together
+    assert pushed["repo_id"] == "someone/student"
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= set(pushed["files"])
 
     # 3. evaluate.py on the student adapter: one plain sample per answer, 4 answers per held-out prompt
     evaluation = tmp_path / "eval"
@@ -130,6 +172,8 @@ def test_sample_then_distill_then_evaluate_then_diagnose(tmp_path, files):
             "pass_at_k": [1, 4],
             "diagnostic_bootstrap": 20,
             "output_dir": str(evaluation),
+            "push_to_hub": True,
+            "hub_dataset_id": "someone/student-answers",
         },
         tmp_path / "eval.yaml",
     )
