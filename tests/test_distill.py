@@ -414,7 +414,9 @@ def test_model_card_and_push_to_hub_record_the_distillation(exact_student, tmp_p
 
     record = ModelCard.load(tmp_path / "README.md").data.to_dict()["trl_power"]
     assert record["alpha"] == 4.0 and record["sampler"] == "exact" and record["teacher_model"] == MODEL_ID
-    assert record["mode"] == "offline" and record["dataset"] == "me/teacher-data"
+    assert (
+        record["mode"] == "offline" and record["dataset"] == "me/teacher-data" and record["weighted"] is False
+    )
     assert "power-distillation" in ModelCard.load(tmp_path / "README.md").data.to_dict()["tags"]
 
 

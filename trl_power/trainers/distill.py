@@ -237,6 +237,14 @@ def validate_teacher_dataset(dataset: Any, name: str, online: bool, use_sampled_
             raise ValueError(f"The 'weight' column of the {name} data set is all zero.")
 
 
+def _has_varying_weights(dataset: Any) -> bool:
+    from datasets import Dataset
+
+    if not isinstance(dataset, Dataset) or "weight" not in dataset.column_names:
+        return False
+    return len(set(dataset["weight"])) > 1
+
+
 def _is_empty_completion(value: Any) -> bool:
     if value is None:
         return True
@@ -335,12 +343,19 @@ class PowerDistillTrainer(SFTTrainer):
         self._online = args.sampling_config is not None
         self._sampling_config = args.power_sampling_config
         validate_teacher_dataset(train_dataset, "train", self._online, args.use_sampled_ids)
+        self._dataset_metadata = power_dataset_metadata(train_dataset)
+        self._check_alpha(args)
         eval_sets = (
             eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset} if eval_dataset else {}
         )
         for key, dataset in eval_sets.items():
             validate_teacher_dataset(dataset, key, online=False, use_sampled_ids=args.use_sampled_ids)
         self._weighted = "weight" in get_dataset_column_names(train_dataset) or self._online
+        # non-uniform weights (particle sets), for the model card
+        if self._online:
+            self._particle_weights = bool(self._sampling_config.return_all_particles)
+        else:
+            self._particle_weights = _has_varying_weights(train_dataset)
         if self._weighted:
             if args.packing or args.padding_free:
                 raise ValueError(
@@ -396,8 +411,6 @@ class PowerDistillTrainer(SFTTrainer):
         self.data_collator = _DistillCollator(self.data_collator)
         if self._teacher_model is not None:
             self._teacher_model.to(self.accelerator.device)
-        self._dataset_metadata = power_dataset_metadata(train_dataset)
-        self._check_alpha()
 
     # ----- data ------------------------------------------------------------------------------------------------------
 
@@ -563,16 +576,11 @@ class PowerDistillTrainer(SFTTrainer):
 
     # ----- model card ------------------------------------------------------------------------------------------------
 
-    def _check_alpha(self) -> None:
+    def _check_alpha(self, args: PowerDistillConfig) -> None:
         meta_alpha = (self._dataset_metadata or {}).get("alpha")
-        if (
-            self.args.alpha is not None
-            and meta_alpha is not None
-            and not math.isclose(self.args.alpha, meta_alpha)
-        ):
+        if args.alpha is not None and meta_alpha is not None and not math.isclose(args.alpha, meta_alpha):
             raise ValueError(
-                f"PowerDistillConfig.alpha={self.args.alpha} but the teacher data set was generated with "
-                f"alpha={meta_alpha}."
+                f"PowerDistillConfig.alpha={args.alpha} but the teacher data set was generated with alpha={meta_alpha}."
             )
 
     def distillation_record(self, dataset_name: str | None = None) -> dict[str, Any]:
@@ -599,7 +607,7 @@ class PowerDistillTrainer(SFTTrainer):
             "teacher_is_base_with_adapter_disabled": self._online and self._teacher_model is None,
             "dataset": dataset_name or meta.get("hub_dataset_id"),
             "dataset_rows": len(train) if hasattr(train, "__len__") else None,
-            "weighted": self._weighted,
+            "weighted": self._particle_weights,
             "teacher_refresh_steps": self.args.teacher_refresh_steps if self._online else None,
         }
 
