@@ -9,7 +9,8 @@ The answers are drawn like `recipes/power_sample.py` draws them (sharded over th
 data with `answer_column`, or an embedded task name). Written to `output_dir`:
 
 - `metrics.json`: accuracy (± standard error over prompts), pass@k for every k <= answers per prompt, the mean
-  self-reward log p_base(y|x) (for an adapter: under the base model, adapter disabled), tokens forwarded and seconds
+  self-reward log p_base(y|x) (for an adapter: under its base model, adapter disabled; `base_model_name_or_path` for
+  a fully fine-tuned student), tokens forwarded and seconds
   per answer, acceptance rate / ESS, the sampling config; and with plain sampling (`method: temperature`,
   `temperature: 1`, >= 2 answers per prompt) the covariance diagnostic: whether power sampling at `alpha` should raise
   the accuracy, predicted from these base samples alone (`trl-power diagnose` runs it on any scored data set).
@@ -21,6 +22,7 @@ are then scored as they are.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,8 @@ class EvaluateConfig(PowerSampleConfig):
         output_dir: Folder for `metrics.json`, `answers.jsonl` and the sampled shards (`samples/`).
         pass_at_k: The k of pass@k (those above the number of answers per prompt are skipped).
         diagnostic_bootstrap: Bootstrap replicates of the covariance diagnostic (plain sampling only; 0: none).
+        base_model_name_or_path: Model under which the self-reward log p_base(y|x) of the answers is computed.
+            `None`: for an adapter its base model (adapter disabled), else the evaluated model itself.
         push_to_hub: Push the scored answers (and metrics.json) to the Hub data set `hub_dataset_id`.
     """
 
@@ -63,6 +67,13 @@ class EvaluateConfig(PowerSampleConfig):
     pass_at_k: list[int] = field(default_factory=lambda: [1, 4, 8], metadata={"help": "The k of pass@k."})
     diagnostic_bootstrap: int = field(
         default=200, metadata={"help": "Bootstrap replicates of the covariance diagnostic (plain sampling)."}
+    )
+    base_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Model under which the self-reward log p_base(y|x) is computed. None: the base model of an "
+            "adapter (adapter disabled), else the evaluated model itself. Set it for a fully fine-tuned student."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -108,10 +119,17 @@ def main(script_args: PowerScriptArguments, config: EvaluateConfig, model_args: 
 
     # 2. Scores (main process): rewards, self-reward under the base model, cost.
     rewards = verifier.rewards(answers["prompt"], answers["completion"])
-    self_rewards = list(answers["base_logprob"])
-    if model is not None and is_peft_model(model):  # a distilled adapter: the self-reward is log p_base
+    self_rewards = list(answers["base_logprob"])  # log p under the model that sampled them
+    scorer = (
+        model if model is not None and is_peft_model(model) else None
+    )  # an adapter: log p_base, adapter off
+    if config.base_model_name_or_path is not None:
+        scorer, _ = load_model(
+            dataclasses.replace(model_args, model_name_or_path=config.base_model_name_or_path)
+        )
+    if scorer is not None:
         self_rewards = sequence_logprobs(
-            model,
+            scorer,
             answers["prompt_ids"],
             answers["completion_ids"],
             batch_size=config.batch_size,

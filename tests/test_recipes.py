@@ -264,6 +264,11 @@ def test_evaluate_math_data_with_the_qwen_math_template(tmp_path):
     model = build_model(len(tokenizer), seed=0, arch="llama", initializer_range=0.3)
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
+    other = build_model(
+        len(tokenizer), seed=1, arch="llama", initializer_range=0.3
+    )  # "the base" of a full FT
+    other.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
     rows = [
         {"problem": "What is 2 + 2?", "answer": "4"},
         {"problem": "What is 10 / 2?", "answer": "5"},
@@ -282,6 +287,7 @@ def test_evaluate_math_data_with_the_qwen_math_template(tmp_path):
             "max_new_tokens": 4,
             "num_samples_per_prompt": 8,
             "output_dir": str(tmp_path / "eval"),
+            "base_model_name_or_path": str(tmp_path / "base"),
         },
         tmp_path / "eval.yaml",
     )
@@ -297,6 +303,14 @@ def test_evaluate_math_data_with_the_qwen_math_template(tmp_path):
         1.0,
     }  # both right and wrong answers were drawn and told apart
     assert metrics["accuracy"] == pytest.approx(sum(a["reward"] for a in answers) / 24)
+    # the self-reward is log p under base_model_name_or_path, base_logprob under the evaluated model
+    ids = [a["prompt_ids"] for a in answers], [a["completion_ids"] for a in answers]
+    assert torch.allclose(
+        torch.tensor([a["self_reward"] for a in answers]), sequence_logprobs(other, *ids), atol=1e-4
+    )
+    assert torch.allclose(
+        torch.tensor([a["base_logprob"] for a in answers]), sequence_logprobs(model, *ids), atol=1e-4
+    )
 
 
 # ----- bad configs fail fast, before any model is loaded --------------------------------------------------------------
