@@ -22,7 +22,7 @@ from reference_mh import reference_mh  # noqa: E402  (script-local module)
 
 from trl_power import PowerSampler, PowerSamplingConfig, exact_power_distribution
 from trl_power.theory import empirical_distribution, total_variation
-from trl_power.tiny_models import build_model
+from trl_power.tiny_models import build_model, fit_to_distribution, trap_target
 
 MODELS = {
     # overhead-bound: per-call Python/framework cost dominates
@@ -103,33 +103,38 @@ def quality(model, quick):
 
 
 def exactness(quick):
-    model = build_model(5, seed=3, initializer_range=0.25)
+    """TV to the exact p_4 on two enumerable models: a random one and the trap (tiny_models.trap_target)."""
     n = 500 if quick else 2000
     lines = [
-        "| method | setting | proposal tau | TV to exact p_4 | tokens fwd / sample | CPU s / sample |",
-        "|---|---|---|---|---|---|",
+        "| model | method | setting | proposal tau | TV to exact p_4 | tokens fwd / sample | CPU s / sample |",
+        "|---|---|---|---|---|---|---|",
     ]
-    exact = exact_power_distribution(model, None, [4], 4.0, 3)
-    configs = [("low_temperature", "", None, {})]
-    for tau in (None, 0.5):
-        configs += [("mh", f"{k} steps", tau, dict(mcmc_steps=k, block_size=3)) for k in (10, 20, 40)]
-        configs += [("smc", f"N={k}", tau, dict(num_particles=k)) for k in (8, 16, 32)]
-        configs += [("sir", f"N={k}", tau, dict(num_particles=k)) for k in (8, 16, 32)]
-    for method, label, tau, kw in configs:
-        cfg = PowerSamplingConfig(
-            method=method,
-            alpha=4.0,
-            max_new_tokens=3,
-            num_samples_per_prompt=n,
-            batch_size=500,
-            proposal_temperature=tau,
-            seed=1,
-            **kw,
-        )
-        out, s, t = run(model, cfg, [[4]])
-        tv = total_variation(empirical_distribution(out.completion_ids), exact)
-        tau_s = "1/alpha" if tau is None else str(tau)
-        lines.append(f"| {method} | {label} | {tau_s} | {tv:.3f} | {t:.1f} | {s:.5f} |")
+    models = {
+        "random": build_model(5, seed=3, initializer_range=0.25),
+        "trap": fit_to_distribution(build_model(5, seed=0), [4], trap_target(), steps=300),
+    }
+    for name, model in models.items():
+        exact = exact_power_distribution(model, None, [4], 4.0, 3)
+        configs = [("low_temperature", "", None, {})]
+        for tau in (None, 0.5):
+            configs += [("mh", f"{k} steps", tau, dict(mcmc_steps=k, block_size=3)) for k in (10, 20, 40)]
+            configs += [("smc", f"N={k}", tau, dict(num_particles=k)) for k in (8, 16, 32)]
+            configs += [("sir", f"N={k}", tau, dict(num_particles=k)) for k in (8, 16, 32)]
+        for method, label, tau, kw in configs:
+            cfg = PowerSamplingConfig(
+                method=method,
+                alpha=4.0,
+                max_new_tokens=3,
+                num_samples_per_prompt=n,
+                batch_size=500,
+                proposal_temperature=tau,
+                seed=1,
+                **kw,
+            )
+            out, s, t = run(model, cfg, [[4]])
+            tv = total_variation(empirical_distribution(out.completion_ids), exact)
+            tau_s = "1/alpha" if tau is None else str(tau)
+            lines.append(f"| {name} | {method} | {label} | {tau_s} | {tv:.3f} | {t:.1f} | {s:.5f} |")
     return lines
 
 
@@ -137,21 +142,30 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--parts", default="abc", help="which sections to run: any of a, b, c")
     args = ap.parse_args()
     torch.set_num_threads(1)  # tiny models: one thread beats two (and is robust to a busy machine)
     model = long_model()
     parts = [
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
         "",
-        "### (a) MH speed: reference-faithful vs ours (alpha 4, 64 new tokens, blocks of 16, 10 steps, top_k 50)",
-        *speed(args.quick),
-        "",
-        "### (b) Quality per cost on the tiny 64-token model (alpha 4)",
-        *quality(model, args.quick),
-        "",
-        f"### (c) TV to exact p_4 on the enumerable model (vocab 5, 3 new tokens, {500 if args.quick else 2000} samples)",
-        *exactness(args.quick),
     ]
+    if "a" in args.parts:
+        parts += [
+            "### (a) MH speed: reference-faithful vs ours (alpha 4, 64 new tokens, blocks of 16, 10 steps, top_k 50)",
+            *speed(args.quick),
+            "",
+        ]
+    if "b" in args.parts:
+        parts += [
+            "### (b) Quality per cost on the tiny 64-token model (alpha 4)",
+            *quality(model, args.quick),
+            "",
+        ]
+    if "c" in args.parts:
+        n = 500 if args.quick else 2000
+        parts += [f"### (c) TV to exact p_4 on enumerable models (vocab 5, 3 new tokens, {n} samples)"]
+        parts += exactness(args.quick)
     text = "\n".join(parts)
     print(text)
     if args.out:
