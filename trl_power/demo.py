@@ -35,6 +35,7 @@ import numpy as np
 
 #: Methods whose target is p_alpha: the diagnostic's predicted gain applies to them.
 POWER_METHODS = ("MH", "SMC", "SIR", "distilled student", "self-reward policy")
+ADAPTER_LABELS = {"lora": "LoRA r=16", "full": "all weights"}
 
 QUICK = dict(
     prompts=6,
@@ -75,7 +76,22 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "--distill_prompts", type=int, default=512, help="training prompts of the teacher data"
     )
     parser.add_argument("--distill_steps", type=int, default=300, help="PowerDistillTrainer steps (batch 64)")
-    parser.add_argument("--rl_steps", type=int, default=150, help="PowerSelfRewardTrainer steps")
+    parser.add_argument(
+        "--student_adapters",
+        nargs="+",
+        default=["lora", "full"],
+        choices=["lora", "full"],
+        help="distilled students to train: a LoRA adapter (r=16, all linear layers) and/or all weights",
+    )
+    parser.add_argument(
+        "--rl_steps", type=int, default=300, help="PowerSelfRewardTrainer steps (64 answers each)"
+    )
+    parser.add_argument(
+        "--policy_adapter",
+        default="full",
+        choices=["lora", "full"],
+        help="what PowerSelfRewardTrainer trains: all weights or a LoRA adapter",
+    )
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates of the diagnostic")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--output_dir", default="outputs/demo", help="where report.md, results.json, PNGs go")
@@ -144,9 +160,9 @@ def _lora(r: int = 16) -> Any:
     return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear")
 
 
-def _train_student(args: Any, task: Any, alpha: float, workdir: Path, seed: int) -> tuple[Any, dict]:
-    """Power self-distillation: SMC teacher data on training prompts, then a LoRA student."""
-    from trl_power import PowerDistillConfig, PowerDistillTrainer, PowerSamplingConfig, generate_power_dataset
+def _teacher_data(args: Any, task: Any, alpha: float, seed: int) -> tuple[Any, dict]:
+    """Teacher data: `generate_power_dataset` with SMC on training-split prompts (one answer per prompt)."""
+    from trl_power import PowerSamplingConfig, generate_power_dataset
     from trl_power.tasks import load_task_model
 
     teacher, tokenizer = load_task_model(task.name)
@@ -165,10 +181,26 @@ def _train_student(args: Any, task: Any, alpha: float, workdir: Path, seed: int)
     data, gen_wall, gen_cpu = _timed(
         lambda: generate_power_dataset(teacher, tokenizer, train_prompts, teacher_cfg, show_progress=True)
     )
-    teacher_accuracy = float(np.mean(task.rewards(data["prompt"], data["completion"])))
-    student, _ = load_task_model(task.name)
+    info = {
+        "teacher": teacher_cfg.to_dict(),
+        "teacher_rows": len(data),
+        "teacher_accuracy_on_train_prompts": float(np.mean(task.rewards(data["prompt"], data["completion"]))),
+        "teacher_generation_wall_s": gen_wall,
+        "teacher_generation_cpu_s": gen_cpu,
+    }
+    return data, info
+
+
+def _train_student(
+    args: Any, task: Any, data: Any, adapter: str, workdir: Path, seed: int
+) -> tuple[Any, dict]:
+    """Power self-distillation: `PowerDistillTrainer` on the teacher data; a LoRA adapter or all weights."""
+    from trl_power import PowerDistillConfig, PowerDistillTrainer
+    from trl_power.tasks import load_task_model
+
+    student, tokenizer = load_task_model(task.name)
     config = PowerDistillConfig(
-        output_dir=str(workdir / f"{task.name}-student"),
+        output_dir=str(workdir / f"{task.name}-student-{adapter}"),
         per_device_train_batch_size=64,
         max_steps=args.distill_steps,
         learning_rate=5e-3,
@@ -184,16 +216,16 @@ def _train_student(args: Any, task: Any, alpha: float, workdir: Path, seed: int)
         data_seed=seed,
     )
     trainer = PowerDistillTrainer(
-        student, config, train_dataset=data, processing_class=tokenizer, peft_config=_lora()
+        student,
+        config,
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=_lora() if adapter == "lora" else None,
     )
     _, train_wall, train_cpu = _timed(trainer.train)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     info = {
-        "teacher": teacher_cfg.to_dict(),
-        "teacher_rows": len(data),
-        "teacher_accuracy_on_train_prompts": teacher_accuracy,
-        "teacher_generation_wall_s": gen_wall,
-        "teacher_generation_cpu_s": gen_cpu,
+        "adapter": adapter,
         "train_steps": args.distill_steps,
         "train_wall_s": train_wall,
         "train_cpu_s": train_cpu,
@@ -202,8 +234,10 @@ def _train_student(args: Any, task: Any, alpha: float, workdir: Path, seed: int)
     return trainer.model.eval(), info
 
 
-def _train_self_reward(args: Any, task: Any, alpha: float, workdir: Path, seed: int) -> tuple[Any, dict]:
-    """A LoRA policy trained by PowerSelfRewardTrainer (reward log p_ref, beta = 1/(alpha-1))."""
+def _train_self_reward(
+    args: Any, task: Any, alpha: float, adapter: str, workdir: Path, seed: int
+) -> tuple[Any, dict]:
+    """A policy trained by PowerSelfRewardTrainer (reward log p_ref, beta = 1/(alpha-1)): all weights or LoRA."""
     from datasets import Dataset
 
     from trl_power import PowerSelfRewardConfig, PowerSelfRewardTrainer
@@ -221,7 +255,7 @@ def _train_self_reward(args: Any, task: Any, alpha: float, workdir: Path, seed: 
         per_device_train_batch_size=64,
         num_generations=8,
         max_completion_length=task.max_new_tokens,
-        learning_rate=1e-2,
+        learning_rate=1e-3,
         max_steps=args.rl_steps,
         logging_steps=max(1, args.rl_steps // 5),
         save_strategy="no",
@@ -234,11 +268,16 @@ def _train_self_reward(args: Any, task: Any, alpha: float, workdir: Path, seed: 
         data_seed=seed,
     )
     trainer = PowerSelfRewardTrainer(
-        model=policy, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=_lora()
+        model=policy,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=_lora() if adapter == "lora" else None,
     )
     _, wall, cpu = _timed(trainer.train)
     logs = [h for h in trainer.state.log_history if "rewards/self_reward/mean" in h]
     info = {
+        "adapter": adapter,
         "beta": config.beta,
         "train_steps": args.rl_steps,
         "train_wall_s": wall,
@@ -302,40 +341,28 @@ def run_task(args: Any, name: str, workdir: Path, bar: Any) -> dict[str, Any]:
         results.append(_evaluate(label, base, base, tokenizer, task, prompts, c)[0])
         bar.update()
 
-    bar.set_postfix_str(f"{name}: distilling the LoRA student")
-    student, info["distill"] = _train_student(args, task, alpha, workdir, args.seed)
-    results.append(
-        _evaluate(
-            "distilled student (LoRA, T=1)",
-            student,
-            base,
-            tokenizer,
-            task,
-            prompts,
-            cfg("temperature", args.samples),
-            rescore=True,
-        )[0]
+    bar.set_postfix_str(f"{name}: teacher data (SMC)")
+    data, info["teacher"] = _teacher_data(args, task, alpha, args.seed)
+    info["distill"] = {}
+    for adapter in args.student_adapters:
+        bar.set_postfix_str(f"{name}: distilling the student ({ADAPTER_LABELS[adapter]})")
+        student, info["distill"][adapter] = _train_student(args, task, data, adapter, workdir, args.seed)
+        label = f"distilled student ({ADAPTER_LABELS[adapter]}, T=1)"
+        answer = cfg("temperature", args.samples)
+        results.append(_evaluate(label, student, base, tokenizer, task, prompts, answer, rescore=True)[0])
+        bar.update()
+    bar.set_postfix_str(f"{name}: self-reward RL ({ADAPTER_LABELS[args.policy_adapter]})")
+    policy, info["self_reward"] = _train_self_reward(
+        args, task, alpha, args.policy_adapter, workdir, args.seed
     )
-    bar.update()
-    bar.set_postfix_str(f"{name}: self-reward RL")
-    policy, info["self_reward"] = _train_self_reward(args, task, alpha, workdir, args.seed)
-    results.append(
-        _evaluate(
-            "self-reward policy (LoRA, T=1)",
-            policy,
-            base,
-            tokenizer,
-            task,
-            prompts,
-            cfg("temperature", args.samples),
-            rescore=True,
-        )[0]
-    )
+    label = f"self-reward policy ({ADAPTER_LABELS[args.policy_adapter]}, T=1)"
+    answer = cfg("temperature", args.samples)
+    results.append(_evaluate(label, policy, base, tokenizer, task, prompts, answer, rescore=True)[0])
     bar.update()
 
     rows = []
     for r in results:
-        power = r.method.split(" (")[0] in POWER_METHODS
+        power = r.method.startswith(POWER_METHODS)
         rows.append(
             {
                 **r.to_dict(),
@@ -479,7 +506,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     task_results = []
     with (
         tempfile.TemporaryDirectory() as tmp,
-        tqdm(total=7 * len(args.tasks), desc="trl-power demo", unit="method") as bar,
+        tqdm(
+            total=(6 + len(args.student_adapters)) * len(args.tasks), desc="trl-power demo", unit="method"
+        ) as bar,
     ):
         for name in args.tasks:
             task_results.append(run_task(args, name, Path(tmp), bar))
