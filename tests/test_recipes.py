@@ -252,6 +252,44 @@ def test_self_reward_recipe_with_a_logged_verifier(tmp_path, files):
     assert all(h["alpha"] == 4.0 for h in logs if "alpha" in h)  # the verifier's weight 0 leaves alpha at 4
 
 
+def test_distill_recipe_online_mode(tmp_path, files):
+    """With `sampling_config` the data set holds prompts (read through prompt_column / prompt_template) and the
+    trainer samples the teacher itself."""
+    rows = [
+        {"problem": p["prompt"].removeprefix("sum ")}
+        for p in map(json.loads, files["train"].read_text().splitlines())
+    ]
+    out = tmp_path / "online"
+    run_recipe(
+        "distill",
+        {
+            "model_name_or_path": str(files["model"]),
+            "dataset_name": str(write_jsonl(tmp_path / "problems.jsonl", rows)),
+            "prompt_column": "problem",
+            "prompt_template": "sum {prompt}",
+            "sampling_config": {**SMC, "num_particles": 4},
+            "use_peft": True,
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "lora_target_modules": "all-linear",
+            "per_device_train_batch_size": 4,
+            "max_steps": 2,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": "none",
+            "use_cpu": True,
+            "bf16": False,
+            "gradient_checkpointing": False,
+            "output_dir": str(out),
+        },
+        tmp_path / "online.yaml",
+    )
+    assert (out / "adapter_model.safetensors").exists() and "online mode" in (out / "README.md").read_text()
+    logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    teacher = [h for h in logs if "teacher/base_logprob" in h]
+    assert len(teacher) == 2 and all(h["teacher/samples"] == 4 for h in teacher)
+
+
 def test_evaluate_math_data_with_the_qwen_math_template(tmp_path):
     """MATH-style rows (problem, answer) through the `qwen_math` chat prompt and the math-verify verifier."""
     pytest.importorskip("math_verify")
