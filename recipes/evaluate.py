@@ -91,10 +91,10 @@ def main(script_args: PowerScriptArguments, config: EvaluateConfig, model_args: 
     # 1. Answers: sampled now (sharded over the processes), or read from a power data set.
     if model_args.model_name_or_path is None:
         answers = load_data(script_args, script_args.dataset_test_split)
-        if not {"completion", "base_logprob", "prompt_index"} <= set(answers.column_names):
+        if not {"completion", "base_logprob", "prompt_index", "stats"} <= set(answers.column_names):
             raise ValueError(
                 "model_name_or_path is not set and the data set holds no answers to score (no completion / "
-                "base_logprob / prompt_index columns): set model_name_or_path to sample answers."
+                "base_logprob / prompt_index / stats columns): set model_name_or_path to sample answers."
             )
         verifier = load_verifier(script_args, answers)
         model, metadata = None, power_dataset_metadata(answers)
@@ -120,9 +120,8 @@ def main(script_args: PowerScriptArguments, config: EvaluateConfig, model_args: 
     # 2. Scores (main process): rewards, self-reward under the base model, cost.
     rewards = verifier.rewards(answers["prompt"], answers["completion"])
     self_rewards = list(answers["base_logprob"])  # log p under the model that sampled them
-    scorer = (
-        model if model is not None and is_peft_model(model) else None
-    )  # an adapter: log p_base, adapter off
+    # the self-reward is log p_base: under an adapter's base model (adapter disabled), or base_model_name_or_path
+    scorer = model if model is not None and is_peft_model(model) else None
     if config.base_model_name_or_path is not None:
         scorer, _ = load_model(
             dataclasses.replace(model_args, model_name_or_path=config.base_model_name_or_path)
@@ -137,6 +136,7 @@ def main(script_args: PowerScriptArguments, config: EvaluateConfig, model_args: 
         ).tolist()
     index = answers["prompt_index"]
     num_prompts = max(index) + 1
+    grouped_rewards = _by_prompt(rewards, index, num_prompts)
     stats = answers["stats"]
     extra = {
         "alpha": sampling["alpha"],
@@ -149,7 +149,7 @@ def main(script_args: PowerScriptArguments, config: EvaluateConfig, model_args: 
             extra[key] = sum(values) / len(values)
     result = evaluate_method(
         sampling["method"],
-        _by_prompt(rewards, index, num_prompts),
+        grouped_rewards,
         _by_prompt(self_rewards, index, num_prompts),
         tokens_forwarded=sum(s["tokens_forwarded"] for s in stats),
         seconds=sum(s["seconds"] for s in stats),
@@ -165,9 +165,9 @@ def main(script_args: PowerScriptArguments, config: EvaluateConfig, model_args: 
         "diagnostic": None,
     }
     plain = sampling["method"] == "temperature" and sampling.get("temperature") == 1.0
-    if plain and config.alpha > 1 and min(len(g) for g in _by_prompt(rewards, index, num_prompts)) >= 2:
+    if plain and config.alpha > 1 and min(len(g) for g in grouped_rewards) >= 2:
         diagnostic = covariance_diagnostic(
-            _by_prompt(rewards, index, num_prompts),
+            grouped_rewards,
             _by_prompt(list(answers["base_logprob"]), index, num_prompts),
             alpha=config.alpha,
             bootstrap=config.diagnostic_bootstrap,
