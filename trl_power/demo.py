@@ -430,6 +430,7 @@ def make_plots(task_results: list[dict[str, Any]], out_dir: Path) -> list[str]:
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     paths = []
     markers = "osDv^<>p"
@@ -446,6 +447,11 @@ def make_plots(task_results: list[dict[str, Any]], out_dir: Path) -> list[str]:
                 capsize=3,
             )
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.set_xticks(
+            [t for t in (10, 20, 50, 100, 200, 500, 1000, 2000) if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        )
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("tokens forwarded per answer (log)")
         ax.set_ylabel("accuracy")
