@@ -30,7 +30,10 @@ def test_quick_prints_the_table(quick_run):
     assert "| task | method | accuracy | self-reward |" in stdout
     for task in ("aligned", "misaligned"):
         for method in METHODS:
-            assert any(line.startswith(f"| {task} | {method}") for line in stdout.splitlines()), (task, method)
+            assert any(line.startswith(f"| {task} | {method}") for line in stdout.splitlines()), (
+                task,
+                method,
+            )
 
 
 def test_quick_writes_report_json_and_plots(quick_run):
@@ -61,4 +64,6 @@ def test_add_demo_arguments_defaults():
 
     args = add_demo_arguments(argparse.ArgumentParser()).parse_args([])
     assert args.tasks == ["aligned", "misaligned"] and args.seed == 0 and not args.quick
-    assert args.output_dir == "outputs/demo"
+    assert (
+        args.output_dir is None
+    )  # outputs/demo, or outputs/demo-quick with --quick (never overwrites a real run)

@@ -94,7 +94,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates of the diagnostic")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--output_dir", default="outputs/demo", help="where report.md, results.json, PNGs go")
+    parser.add_argument(
+        "--output_dir",
+        default=None,
+        help="where report.md, results.json and the PNGs go (default outputs/demo, outputs/demo-quick with --quick)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     parser.add_argument(
         "--quick", action="store_true", help="a tiny run for tests (seconds, numbers meaningless)"
@@ -506,6 +510,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     _quiet_libraries()
+    if args.output_dir is None:
+        args.output_dir = "outputs/demo-quick" if args.quick else "outputs/demo"
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     wall0, cpu0 = time.perf_counter(), time.process_time()
