@@ -31,6 +31,7 @@ from trl.trainer.utils import get_config_model_id
 from trl_power.data import power_dataset_metadata, prompt_format, tokenize_prompt
 from trl_power.modeling import adapter_disabled, is_peft_model
 from trl_power.sampling import PowerSampler, PowerSamplingConfig
+from trl_power.trainers import POWER_PAPER
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset, IterableDataset
@@ -301,19 +302,7 @@ class PowerDistillTrainer(SFTTrainer):
 
     _tag_names = ["trl", "sft", "trl-power", "power-distillation"]
     _name = "Power Distill"
-    _paper = {
-        "title": "Power Distribution Bridges Sampling, Self-Reward RL, and Self-Distillation",
-        "id": "2605.04542",
-        # docstyle-ignore
-        "citation": textwrap.dedent("""\
-            @article{tomihari2026power,
-                title         = {{Power Distribution Bridges Sampling, Self-Reward RL, and Self-Distillation}},
-                author        = {Tomihari and Sato},
-                year          = 2026,
-                eprint        = {2605.04542},
-                archivePrefix = {arXiv},
-            }"""),
-    }
+    _paper = POWER_PAPER
 
     def __init__(
         self,

@@ -17,7 +17,6 @@ See DESIGN.md section 1.2 and Tomihari & Sato 2026 (arXiv 2605.04542).
 from __future__ import annotations
 
 import math
-import textwrap
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from trl import RLOOConfig, RLOOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from trl_power.theory import alpha_to_beta, beta_to_alpha
+from trl_power.trainers import POWER_PAPER
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset, IterableDataset
@@ -356,19 +356,7 @@ class PowerSelfRewardTrainer(RLOOTrainer):
 
     _tag_names = ["trl", "rloo", "trl-power", "power-self-reward"]
     _name = "Power Self-Reward"
-    _paper = {
-        "title": "Power Distribution Bridges Sampling, Self-Reward RL, and Self-Distillation",
-        "id": "2605.04542",
-        # docstyle-ignore
-        "citation": textwrap.dedent("""\
-            @article{tomihari2026power,
-                title         = {{Power Distribution Bridges Sampling, Self-Reward RL, and Self-Distillation}},
-                author        = {Tomihari and Sato},
-                year          = 2026,
-                eprint        = {2605.04542},
-                archivePrefix = {arXiv},
-            }"""),
-    }
+    _paper = POWER_PAPER
 
     def __init__(
         self,
