@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset, load_from_disk
+from launch import accelerate_launch
 
 import trl_power.data as data
 from trl_power import PowerSampler, PowerSamplingConfig, generate_power_dataset
@@ -250,26 +248,7 @@ def test_two_processes_give_the_rows_of_one(reference, model_and_tokenizer, mode
     for s in (1, 3):
         (partial / "shards" / f"shard-{s:06d}.jsonl").unlink()
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        str(REPO / "tests" / "scripts" / "data_multiprocess.py"),
-        str(model_dir),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    accelerate_launch(REPO / "tests" / "scripts" / "data_multiprocess.py", model_dir, tmp_path)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert {r["num_processes"] for r in reports} == {2}
     assert {r["distributed_type"] for r in reports} == {"DistributedType.MULTI_CPU"}

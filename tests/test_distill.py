@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
+from launch import accelerate_launch
 from peft import LoraConfig, PeftModel
 
 from trl_power import PowerDistillConfig, PowerDistillTrainer, PowerSamplingConfig, generate_power_dataset
@@ -509,9 +510,6 @@ def test_two_processes_weighted_step_equals_the_full_batch_step(small_teacher, t
     """`accelerate launch` with 2 CPU processes (gloo): one SGD step on 8 weighted rows split 4 + 4 across the processes
     gives the single-process full-batch update theta - lr * grad[sum_i w_i NLL_i / sum_i w_i T_i] (the weighted token
     count is summed over the processes); online mode runs with each process sampling its own prompts."""
-    import os
-    import subprocess
-    import sys
 
     repo = Path(__file__).resolve().parents[1]
     model_dir = tmp_path / "model"
@@ -521,12 +519,7 @@ def test_two_processes_weighted_step_equals_the_full_batch_step(small_teacher, t
     assert len(rows) == 8 and len(set(rows["weight"])) > 1 and len(set(rows["num_tokens"])) > 1
     rows.save_to_disk(str(tmp_path / "teacher"))
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(repo)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd += [str(repo / "tests" / "scripts" / "distill_multiprocess.py"), str(model_dir), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    accelerate_launch(repo / "tests" / "scripts" / "distill_multiprocess.py", model_dir, tmp_path)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert {r["distributed_type"] for r in reports} == {"DistributedType.MULTI_CPU"}
     assert [r["offline_steps"] for r in reports] == [1, 1] and [r["online_steps"] for r in reports] == [2, 2]

@@ -8,10 +8,6 @@ The model is the embedded `aligned` task model (85k parameters) saved with `save
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +15,7 @@ import pytest
 import torch
 import yaml
 from datasets import load_from_disk
+from launch import accelerate_launch
 
 from trl_power.cli import load_recipe
 from trl_power.scoring import sequence_logprobs
@@ -436,12 +433,6 @@ def test_shipped_configs_parse(path):
 # ----- two processes ------------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multiprocess
 def test_evaluate_under_accelerate_with_two_cpu_processes(tmp_path, files):
     """accelerate_configs/multi_cpu.yaml: two gloo processes share the prompt shards (each samples its own, none
@@ -458,23 +449,14 @@ def test_evaluate_under_accelerate_with_two_cpu_processes(tmp_path, files):
         "output_dir": str(tmp_path / "two"),
     }
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs" / "multi_cpu.yaml"),
-        "--main_process_port",
-        str(_free_port()),
-        str(ROOT / "tests" / "scripts" / "recipe_multiprocess.py"),
-        str(tmp_path / "ranks"),
-        str(ROOT / "recipes" / "evaluate.py"),
+    accelerate_launch(
+        ROOT / "tests" / "scripts" / "recipe_multiprocess.py",
+        tmp_path / "ranks",
+        ROOT / "recipes" / "evaluate.py",
         "--config",
-        str(tmp_path / "eval.yaml"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        tmp_path / "eval.yaml",
+        config_file=ROOT / "accelerate_configs" / "multi_cpu.yaml",
+    )
 
     ranks = [json.loads((tmp_path / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
     sampled = []

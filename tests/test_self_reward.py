@@ -14,10 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
+from launch import accelerate_launch
 from transformers import AutoModelForCausalLM
 
 from trl_power.scoring import sequence_logprobs
@@ -512,41 +509,12 @@ def test_model_card_and_push_to_hub(tmp_path, reference_dir, monkeypatch):
 # ----- two processes ----------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multiprocess
 def test_two_processes_gather_the_groups(tmp_path, reference_dir):
     """`accelerate launch --multi_gpu --num_processes 2` on CPU (two gloo processes): each group of 4 completions
     is split 2 + 2 over the processes; rewards and leave-one-out baselines must be those of the gathered group."""
     out = tmp_path / "mp"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(REPO / "tests" / "scripts" / "self_reward_multiprocess.py"),
-        str(reference_dir),
-        str(out),
-    ]
-    # Without ACCELERATE_USE_CPU (or use_cpu=True in the config, which the script also sets), `--multi_gpu` on a
-    # machine with no GPU silently starts two unrelated single processes with the installed accelerate.
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    accelerate_launch(REPO / "tests" / "scripts" / "self_reward_multiprocess.py", reference_dir, out)
 
     results = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     for result in results:
