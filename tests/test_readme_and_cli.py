@@ -17,18 +17,6 @@ def test_readme_sampling_example_runs(capsys):
     assert tv < 0.15
 
 
-def test_demo_quick_runs():
-    proc = subprocess.run(
-        [sys.executable, "-m", "trl_power", "demo", "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "low temperature" in proc.stdout and "SMC" in proc.stdout
-
-
 def test_cli_help_lists_demo():
     proc = subprocess.run(
         [sys.executable, "-m", "trl_power", "--help"], capture_output=True, text=True, cwd=ROOT
