@@ -4,6 +4,11 @@ A word-level tokenizer from the `tokenizers` library wrapped in `PreTrainedToken
 `Qwen2`/`Llama` model. `fit_to_distribution` trains such a model so that p(y|x) matches a chosen
 distribution over completions (cross-entropy sum_y target(y) * -log p(y|x), all leaves enumerated), which
 is how tests build models whose power distribution is known to differ from low-temperature sampling.
+
+Saving: with transformers 5.24, `AutoTokenizer.from_pretrained` on a folder whose config is Qwen2 reloads this
+word-level tokenizer as a `Qwen2Tokenizer` (words and spaces get lost); models that are saved and reloaded
+(trainers, recipes, the tasks) therefore use `arch="llama"`, or load the tokenizer with
+`PreTrainedTokenizerFast.from_pretrained`.
 """
 
 from __future__ import annotations
