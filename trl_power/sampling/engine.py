@@ -30,11 +30,6 @@ def chain_generator(seed: int, prompt_index: int, sample_index: int) -> torch.Ge
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def uniforms(generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """One U(0,1) draw (float64) from each generator, in order."""
-    return torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
-
-
 def proposal_logprobs(
     logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None
 ) -> torch.Tensor:
@@ -308,6 +303,29 @@ def prefill(
     return state.select(torch.as_tensor(list(row_to_prompt), dtype=torch.long, device=state.pending.device))
 
 
+def sample_step(
+    model: torch.nn.Module,
+    state: DecodeState,
+    active: torch.Tensor,
+    rng: RunRandom,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    counter: TokenCounter,
+    rows: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decoding step: feed the pending tokens of the active rows, draw y ~ q from the new logits and make it
+    pending. Returns (y, log p(y), log q(y)), per row; inactive rows keep their pending token."""
+    logits = state.advance(model, active)
+    counter.decode_tokens += int(active.sum())
+    logp = torch.log_softmax(logits, -1)
+    logq = proposal_logprobs(logits, temperature, top_k, top_p)
+    token = sample_from_logprobs(logq, rng.uniforms(active, rows))
+    token = torch.where(active, token, state.pending)
+    state.pending = token
+    return token, logp.gather(1, token[:, None]).squeeze(1), logq.gather(1, token[:, None]).squeeze(1)
+
+
 def decode(
     model: torch.nn.Module,
     state: DecodeState,
@@ -343,20 +361,15 @@ def decode(
             keep = active.nonzero().squeeze(1)
             work, rows, active = work.select(keep), rows[keep], active[keep]
             steps, max_steps = steps[keep], max_steps[keep]
-        logits = work.advance(model, active)
-        counter.decode_tokens += n_active
-        logp = torch.log_softmax(logits, -1)
-        logq = proposal_logprobs(logits, temperature, top_k, top_p)
-        token = sample_from_logprobs(logq, rng.uniforms(active, rows.tolist()))
-        token = torch.where(active, token, work.pending)
-        lp = logp.gather(1, token[:, None]).squeeze(1).tolist()
-        lq = logq.gather(1, token[:, None]).squeeze(1).tolist()
+        token, lp, lq = sample_step(
+            model, work, active, rng, temperature, top_k, top_p, counter, rows.tolist()
+        )
+        lp, lq = lp.tolist(), lq.tolist()
         for i, (r, a, t) in enumerate(zip(rows.tolist(), active.tolist(), token.tolist())):
             if a:
                 out_t[r].append(t)
                 out_p[r].append(lp[i])
                 out_q[r].append(lq[i])
-        work.pending = token
         steps = steps + active.long()
         active = active & (steps < max_steps) & ~torch.isin(token, eos)
     full = full.replace_rows(rows, work) if work is not full else work

@@ -14,13 +14,7 @@ import numpy as np
 import torch
 
 from trl_power.sampling.config import PowerSamplingConfig
-from trl_power.sampling.engine import (
-    RunRandom,
-    TokenCounter,
-    prefill,
-    proposal_logprobs,
-    sample_from_logprobs,
-)
+from trl_power.sampling.engine import RunRandom, TokenCounter, prefill, sample_step
 from trl_power.sampling.sir import normalise_log_weights, resample_index
 
 
@@ -48,14 +42,9 @@ def sample_smc(
     for _ in range(config.max_new_tokens):
         if not bool(alive.any()):
             break
-        logits = state.advance(model, alive)
-        counter.decode_tokens += int(alive.sum())
-        logp = torch.log_softmax(logits, -1)
-        logq = proposal_logprobs(logits, config.proposal_tau, config.top_k, config.top_p)
-        token = sample_from_logprobs(logq, rng.uniforms(alive))
-        token = torch.where(alive, token, state.pending)
-        lp_t = logp.gather(1, token[:, None]).squeeze(1)
-        lq_t = logq.gather(1, token[:, None]).squeeze(1)
+        token, lp_t, lq_t = sample_step(
+            model, state, alive, rng, config.proposal_tau, config.top_k, config.top_p, counter
+        )
         a = alive.tolist()
         inc = (config.alpha * lp_t - lq_t).double().cpu().numpy()
         lp_list = lp_t.tolist()
@@ -65,7 +54,6 @@ def sample_smc(
                 toks[i].append(tk[i])
                 lps[i].append(lp_list[i])
                 logw[i] += inc[i]
-        state.pending = token
         alive = alive & ~torch.isin(token, eos)
         # resample runs whose ESS fell below the threshold
         order = np.arange(R * N)
