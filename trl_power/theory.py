@@ -98,14 +98,19 @@ def exact_sequence_logprobs(
     return leaves, forwarded
 
 
+def normalise_log_weights(log_weights: Sequence[float] | np.ndarray) -> np.ndarray:
+    """w_i = exp(l_i) / sum_j exp(l_j), computed stably (the max is subtracted first)."""
+    lw = np.asarray(log_weights, dtype=np.float64)
+    w = np.exp(lw - lw.max())
+    return w / w.sum()
+
+
 def power_from_logprobs(
     logprobs: Mapping[tuple[int, ...], float], alpha: float
 ) -> dict[tuple[int, ...], float]:
     """p_alpha(y) = exp(alpha * log p(y)) / sum_y' exp(alpha * log p(y')), computed stably."""
     keys = list(logprobs)
-    lp = alpha * np.array([logprobs[k] for k in keys], dtype=np.float64)
-    w = np.exp(lp - lp.max())
-    w /= w.sum()
+    w = normalise_log_weights(alpha * np.array([logprobs[k] for k in keys], dtype=np.float64))
     return dict(zip(keys, w.tolist()))
 
 
@@ -166,9 +171,7 @@ def power_weights(logp: Sequence[float], s: float) -> np.ndarray:
     lp = np.asarray(logp, dtype=np.float64)
     if lp.size == 0:
         raise ValueError("No samples.")
-    a = (s - 1.0) * lp
-    w = np.exp(a - a.max())
-    return w / w.sum()
+    return normalise_log_weights((s - 1.0) * lp)
 
 
 def effective_sample_size(weights: Sequence[float]) -> float:

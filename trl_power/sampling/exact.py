@@ -11,7 +11,7 @@ import torch
 from trl_power.sampling.config import PowerSamplingConfig
 from trl_power.sampling.engine import TokenCounter
 from trl_power.sampling.sir import resample_index
-from trl_power.theory import exact_sequence_logprobs
+from trl_power.theory import exact_sequence_logprobs, normalise_log_weights
 
 
 def sample_exact(
@@ -25,9 +25,7 @@ def sample_exact(
         counter.prefill_tokens += forwarded
         keys = list(logprobs)
         lp = np.array([logprobs[k] for k in keys])
-        a = config.alpha * lp
-        w = np.exp(a - a.max())
-        tables[i] = (keys, lp, w / w.sum())
+        tables[i] = (keys, lp, normalise_log_weights(config.alpha * lp))
     results = []
     for r, i in enumerate(run_prompt):
         keys, lp, w = tables[i]

@@ -12,11 +12,7 @@ import torch
 
 from trl_power.sampling.config import PowerSamplingConfig
 from trl_power.sampling.engine import RunRandom, TokenCounter, decode, prefill
-
-
-def normalise_log_weights(logw: np.ndarray) -> np.ndarray:
-    w = np.exp(logw - logw.max())
-    return w / w.sum()
+from trl_power.theory import normalise_log_weights
 
 
 def resample_index(weights: np.ndarray, u: float) -> int:

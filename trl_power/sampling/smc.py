@@ -15,7 +15,8 @@ import torch
 
 from trl_power.sampling.config import PowerSamplingConfig
 from trl_power.sampling.engine import RunRandom, TokenCounter, prefill, sample_step
-from trl_power.sampling.sir import normalise_log_weights, resample_index
+from trl_power.sampling.sir import resample_index
+from trl_power.theory import normalise_log_weights
 
 
 def systematic_resample(weights: np.ndarray, u: float) -> np.ndarray:
