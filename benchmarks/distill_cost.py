@@ -108,7 +108,7 @@ def main() -> None:
                 save_strategy="no",
                 report_to="none",
                 bf16=False,
-                activation_checkpointing=False,
+                gradient_checkpointing=False,
                 disable_tqdm=True,
                 use_cpu=True,
                 seed=0,

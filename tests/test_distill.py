@@ -64,7 +64,7 @@ def distill_args(tmp: Path, **kwargs) -> PowerDistillConfig:
         save_strategy="no",
         report_to="none",
         bf16=False,
-        activation_checkpointing=False,
+        gradient_checkpointing=False,
         disable_tqdm=True,
         use_cpu=True,
         seed=0,
@@ -88,7 +88,7 @@ def targets():
 
 def test_config_sampling_config_forms_and_checks(tmp_path):
     sampling = PowerSamplingConfig(method="smc", alpha=3.0, max_new_tokens=8, num_particles=4)
-    cfg = {"output_dir": str(tmp_path), "use_cpu": True, "activation_checkpointing": False}
+    cfg = {"output_dir": str(tmp_path), "use_cpu": True, "gradient_checkpointing": False}
     args = PowerDistillConfig(**cfg, sampling_config=sampling)
     assert args.sampling_config == sampling.to_dict() and args.power_sampling_config == sampling
     assert args.alpha == 3.0
