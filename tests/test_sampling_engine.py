@@ -38,8 +38,9 @@ def _extend(model, seq, n, gen, tau, eos=EOS):
 
 
 def reference_mh(model, prompt, cfg: PowerSamplingConfig, gen):
-    """Karan & Du's MH written plainly: one chain, every token re-reads its whole prefix."""
-    tau, horizon_rule = cfg.proposal_tau, cfg.mh_suffix_rule == "horizon"
+    """Karan & Du's MH written plainly: one chain, every token re-reads its whole prefix; the three suffix
+    rules and the finished-only target of the last block as docs/sampling.md states them."""
+    tau, rule = cfg.proposal_tau, cfg.mh_suffix_rule
     gen_toks, lps, lqs = [], [], []
     block = cfg.mh_block_size
     for k in range(math.ceil(cfg.max_new_tokens / block)):
@@ -49,13 +50,21 @@ def reference_mh(model, prompt, cfg: PowerSamplingConfig, gen):
         for _ in range(cfg.mcmc_steps):
             L = len(gen_toks)
             i = min(int(float(torch.rand(1, generator=gen, dtype=torch.float64)) * L), L - 1)
-            target = (horizon if horizon_rule else L) - i
+            target = (horizon if rule == "horizon" else L) - i
             t, p, q = _extend(model, prompt + gen_toks[:i], target, gen, tau)
-            log_a = cfg.alpha * (sum(p) - sum(lps[i:])) + (sum(lqs[i:]) - sum(q))
-            if horizon_rule:
+            cur_p, cur_q = lps[i:], lqs[i:]
+            if rule == "current_length":  # the released code: the current answer over [i, L') only
+                cur_p, cur_q = cur_p[: len(p)], cur_q[: len(q)]
+            log_a = cfg.alpha * (sum(p) - sum(cur_p)) + (sum(cur_q) - sum(q))
+            if rule == "horizon":
                 log_a += math.log(L) - math.log(i + len(t))
+            if cfg.finished_only and horizon == cfg.max_new_tokens:
+                if t[-1] != EOS:
+                    log_a = -math.inf
+                elif gen_toks[-1] != EOS:
+                    log_a = math.inf
             u = float(torch.rand(1, generator=gen, dtype=torch.float64))
-            if u == 0.0 or math.log(u) < log_a:
+            if math.log(u) < log_a:
                 gen_toks, lps, lqs = gen_toks[:i] + t, lps[:i] + p, lqs[:i] + q
         if gen_toks[-1] == EOS or len(gen_toks) >= cfg.max_new_tokens:
             break
@@ -65,8 +74,9 @@ def reference_mh(model, prompt, cfg: PowerSamplingConfig, gen):
 PROMPTS = [[4], [4, 1, 2], [3, 5, 7, 4], [9, 9]]
 
 
-@pytest.mark.parametrize("rule", ["horizon", "current_length"])
-def test_cached_mh_equals_no_cache_reference(wide_model, rule):
+@pytest.mark.parametrize("finished_only", [True, False])
+@pytest.mark.parametrize("rule", ["horizon", "current_length", "current_length_full"])
+def test_cached_mh_equals_no_cache_reference(wide_model, rule, finished_only):
     cfg = PowerSamplingConfig(
         method="mh",
         alpha=3.0,
@@ -74,19 +84,40 @@ def test_cached_mh_equals_no_cache_reference(wide_model, rule):
         block_size=4,
         mcmc_steps=3,
         mh_suffix_rule=rule,
+        finished_only=finished_only,
+        proposal_temperature=1.0,  # proposals often stop early (EOS), where the three rules differ
         num_samples_per_prompt=2,
         batch_size=8,
-        seed=5,
+        seed=1,
     )
     out = PowerSampler(wide_model, None, cfg).sample(PROMPTS)
     k = 0
     for i, prompt in enumerate(PROMPTS):
         for j in range(2):
-            ids, lp = reference_mh(wide_model, prompt, cfg, chain_generator(5, i, j))
+            ids, lp = reference_mh(wide_model, prompt, cfg, chain_generator(1, i, j))
             assert out.completion_ids[k] == ids, (i, j)
             assert out.base_logprobs[k] == pytest.approx(lp, abs=1e-4)
             k += 1
     assert 0 < out.stats["acceptance_rate"] < 1
+
+
+def test_the_suffix_rules_and_targets_give_different_chains(wide_model):
+    """The equality test above can tell the rules apart: with its settings each rule, and each target, gives
+    other chains than the others."""
+    cfg = dict(
+        method="mh", alpha=3.0, max_new_tokens=12, block_size=4, mcmc_steps=3, proposal_temperature=1.0
+    )
+    cfg.update(num_samples_per_prompt=2, batch_size=8, seed=1)
+    chains = {
+        (rule, fo): PowerSampler(
+            wide_model, None, PowerSamplingConfig(mh_suffix_rule=rule, finished_only=fo, **cfg)
+        )
+        .sample(PROMPTS)
+        .completion_ids
+        for rule in ("horizon", "current_length", "current_length_full")
+        for fo in (True, False)
+    }
+    assert len({str(c) for c in chains.values()}) == len(chains)
 
 
 @pytest.mark.parametrize("method", ["temperature", "low_temperature", "mh", "smc", "sir"])

@@ -1,21 +1,35 @@
-"""Samplers against exact enumeration of p_alpha on enumerable tiny models (vocab 5, <= 3 new tokens).
+"""Samplers against exact enumeration on enumerable tiny models (vocab 5, <= 3 new tokens), both targets.
 
-Tolerance: for n iid draws from p, TV(p, p̂_n) <= 1/2 sum_y sqrt(p(y)(1-p(y))/n) + sqrt(log(1/δ)/(2n))
-with probability 1 - δ (Jensen for the mean, McDiarmid for the deviation; `expected_tv_bound`, δ = 1e-3).
-MH chains and SMC/SIR runs are independent, so their n outputs are iid draws from the sampler's law q_n; the
-test asserts TV(p_alpha, p̂_n) <= that bound, i.e. q_n is within sampling error of p_alpha.
+Three kinds of check, each with power against the bugs it is for (tests/test_mutations.py shows each caught):
 
-Proposal temperature in these tests: 0.5. The default 1/alpha = 0.25 at alpha = 4 proposes the one-token
-answer <eos> of the random model with probability ~1e-3 while p_alpha gives it 6.7%: a finite budget cannot
-see it (the proposal blind spot, DESIGN.md 1.1). The samplers stay correct for any proposal (the weighted
-SIR set with the default proposal converges, see `test_sir_weighted_set_is_consistent_with_default_proposal`);
-the budget needed is what the proposal changes.
+- MH: the chain's output law is computed exactly (`exact_laws.MHKernel`: the kernel of docs/sampling.md built from
+  the model's exact conditionals, mu_0 K^k after k steps). The test asserts (i) p_alpha is invariant under K
+  (detailed balance, to 1e-6), (ii) mu_0 K^k is within TV 0.01 of p_alpha, and (iii) Pearson's chi-square of the
+  sampler's n outputs against mu_0 K^k does not reject at level 1e-3; and it asserts its own power: the same test
+  rejects the law of each wrong kernel (no cut-point correction log(L/L'), no proposal correction, alpha - 1) with
+  probability >= 0.98 (noncentral chi-square). The old TV test caught a dropped log(L/L') with probability ~0.23.
+- SMC and SIR weighted particle sets: the unnormalised estimate gamma_hat(y) = Ẑ * sum_k w_k 1{y_k = y} of a run
+  (Ẑ = `log_z`, w the normalised weights) is unbiased for gamma(y) = p(y)^alpha (1{y finished} for the finished
+  target) at any number of particles: a Hotelling T^2 test of the mean over R runs against gamma (cells hit by
+  fewer than 50 runs pooled) at level 1e-3. Few particles (N = 4) and resampling at every step
+  (ess_threshold = 1) make weight bugs visible: alpha - 1 or no -log q in the increment, weight accumulated by
+  finished particles, weights not reset after resampling, cut particles kept in the finished target.
+- The samplers' single outputs: the exact sampler by chi-square against p_alpha; SIR/SMC resampled outputs (law
+  within O(1/N) of p_alpha) by TV(p_alpha, p̂_n) <= 1/2 sum_y sqrt(p(y)(1-p(y))/n) + sqrt(log(1/δ)/(2n)), the
+  probability-(1 - δ) bound for n iid draws (Jensen for the mean, McDiarmid for the deviation), δ = 1e-3.
+
+Proposal temperature 0.5 where not stated: the default 1/alpha = 0.25 at alpha = 4 proposes the random model's
+one-token answer <eos> with probability ~1e-3 while p_alpha gives it several percent; a finite budget cannot see it
+(the proposal blind spot, docs/sampling.md). The samplers stay correct for any proposal
+(`test_sir_weighted_set_is_consistent_with_default_proposal`).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-import torch
+from exact_laws import MUTATIONS, MHKernel, chi_square, chi_square_power, total_variation_vec
+from scipy import stats
 
 from trl_power import PowerSampler, PowerSamplingConfig, exact_power_distribution
 from trl_power.scoring import sequence_logprobs
@@ -24,39 +38,180 @@ from trl_power.tiny_models import all_completions
 
 T = 3
 N_SAMPLES = 1500
-SETTINGS = {
-    "mh": dict(mcmc_steps=40, block_size=T, batch_size=750),
-    "smc": dict(num_particles=32, batch_size=100),
-    "sir": dict(num_particles=32, batch_size=100),
-}
+LEVEL = 1e-3
 
 
-def _tv_to_exact(model, tokenizer, method, alpha, **overrides):
-    exact = exact_power_distribution(model, None, [4], alpha, T)
-    kwargs = {**SETTINGS.get(method, {}), **overrides}
+def _sample(model, method, alpha, finished_only, n=N_SAMPLES, **kwargs):
     kwargs.setdefault("proposal_temperature", 0.5)
     cfg = PowerSamplingConfig(
-        method=method, alpha=alpha, max_new_tokens=T, num_samples_per_prompt=N_SAMPLES, seed=11, **kwargs
+        method=method,
+        alpha=alpha,
+        max_new_tokens=T,
+        num_samples_per_prompt=n,
+        seed=11,
+        finished_only=finished_only,
+        **kwargs,
     )
-    out = PowerSampler(model, tokenizer, cfg).sample([[4]])
-    assert len(out) == N_SAMPLES
-    return total_variation(empirical_distribution(out.completion_ids), exact), expected_tv_bound(
-        exact, N_SAMPLES
+    return PowerSampler(model, None, cfg).sample([[4]])
+
+
+# ----- MH: the exact law of the chain ----------------------------------------------------------------------------------
+
+# (finished_only, alpha, proposal tau, steps): settings where the chain is within TV 0.01 of p_alpha. With the finished
+# target a proposal that ends cut is rejected, so a proposal that rarely finishes mixes slowly (tau 0.5, alpha 2:
+# TV 0.45 after 40 steps); tau 1 finishes more often.
+MH_CASES = [(False, 2.0, 0.5, 40), (False, 4.0, 0.5, 40), (True, 2.0, 1.0, 100)]
+
+
+@pytest.mark.parametrize("finished_only, alpha, tau, steps", MH_CASES)
+def test_mh_chain_has_the_law_of_the_exact_kernel(random_model, finished_only, alpha, tau, steps):
+    kernel = MHKernel(random_model, [4], vocab=5, horizon=T, tau=tau)
+    target = kernel.as_vector(kernel.power_law(alpha, finished_only))
+    K = kernel.matrix(alpha, finished_only=finished_only)
+    assert np.abs(target @ K - target).max() < 1e-6  # p_alpha is the kernel's stationary law
+    law = kernel.law_after(steps, alpha, finished_only=finished_only)
+    assert total_variation_vec(kernel.as_vector(law), target) < 0.01
+    for mutation in MUTATIONS[1:]:
+        wrong = kernel.law_after(steps, alpha, finished_only=finished_only, mutation=mutation)
+        power = chi_square_power(law, wrong, N_SAMPLES, LEVEL)
+        assert power > 0.98, (mutation, power)
+    out = _sample(
+        random_model,
+        "mh",
+        alpha,
+        finished_only,
+        mcmc_steps=steps,
+        block_size=T,
+        batch_size=750,
+        proposal_temperature=tau,
     )
+    stat, df, pvalue = chi_square(out.completion_ids, law)
+    assert pvalue > LEVEL, (stat, df, pvalue)
 
 
+@pytest.mark.parametrize("rule", ["current_length", "current_length_full"])
+def test_current_length_rules_are_not_exact_and_collapse_onto_short_answers(random_model, rule):
+    """A current-length proposal is never longer than the current answer, so length never grows: p_alpha is not
+    stationary, and the chain's mass drifts onto the shortest answers (computed exactly)."""
+    alpha = 2.0
+    kernel = MHKernel(random_model, [4], vocab=5, horizon=T, tau=0.5)
+    target = kernel.as_vector(kernel.power_law(alpha, finished_only=False))
+    K = kernel.matrix(alpha, rule=rule, finished_only=False)
+    assert np.abs(target @ K - target).max() > 1e-3
+    lengths = np.array([len(s) for s in kernel.states])
+    short = lengths == 1
+    laws = [kernel.initial_law() @ np.linalg.matrix_power(K, k) for k in (0, 40, 400)]
+    assert laws[0] @ short < laws[1] @ short < laws[2] @ short
+    assert laws[2] @ short > 2 * (target @ short)
+    assert laws[2] @ lengths < target @ lengths
+
+
+# ----- SMC / SIR: unbiased unnormalised estimates ----------------------------------------------------------------------
+
+
+def _hotelling_pvalue(phi: np.ndarray, gamma: np.ndarray, hit_runs: np.ndarray, min_runs: int = 50) -> float:
+    """p-value of H0: E[phi_r] = gamma (rows r iid), Hotelling's T^2 with F calibration; cells hit in fewer than
+    `min_runs` runs are pooled into one."""
+    big = hit_runs >= min_runs
+    cols = [phi[:, big]]
+    means = [gamma[big]]
+    if (~big).any():
+        cols.append(phi[:, ~big].sum(1, keepdims=True))
+        means.append(gamma[~big].sum(keepdims=True))
+    x, mu = np.concatenate(cols, 1), np.concatenate(means)
+    R, d = x.shape
+    diff = x.mean(0) - mu
+    S = np.cov(x, rowvar=False)
+    t2 = R * float(diff @ np.linalg.solve(S, diff))
+    return float(stats.f.sf(t2 * (R - d) / (d * (R - 1)), d, R - d))
+
+
+def unbiasedness_pvalue(model, out, alpha: float, finished_only: bool, runs: int, particles: int) -> float:
+    comps = all_completions(5, 0, T)
+    index = {c: k for k, c in enumerate(comps)}
+    logp = sequence_logprobs(model, [[4]] * len(comps), [list(c) for c in comps]).double().numpy()
+    gamma = np.exp(alpha * logp)
+    if finished_only:
+        gamma = gamma * np.array([c[-1] == 0 for c in comps])
+    z = np.exp(np.array(out.log_z))
+    phi = np.zeros((runs, len(comps)))
+    w = np.array(out.weights).reshape(runs, particles)
+    for k, c in enumerate(out.completion_ids):
+        r = k // particles
+        phi[r, index[tuple(c)]] += z[r] * w[r, k % particles]
+    return _hotelling_pvalue(phi, gamma, (phi > 0).sum(0))
+
+
+RUNS, PARTICLES = 4000, 4
+
+
+@pytest.mark.parametrize("finished_only", [True, False])
+@pytest.mark.parametrize("method, ess_threshold", [("sir", 0.5), ("smc", 1.0), ("smc", 0.5)])
+def test_weighted_particles_are_unbiased(random_model, method, ess_threshold, finished_only):
+    alpha = 2.0
+    out = _sample(
+        random_model,
+        method,
+        alpha,
+        finished_only,
+        n=RUNS,
+        num_particles=PARTICLES,
+        ess_threshold=ess_threshold,
+        return_all_particles=True,
+        batch_size=1000,
+    )
+    assert len(out.log_z) == RUNS
+    if method == "smc" and ess_threshold == 1.0:
+        assert out.stats["resample_count"] >= RUNS  # resampled at almost every step
+    pvalue = unbiasedness_pvalue(random_model, out, alpha, finished_only, RUNS, PARTICLES)
+    assert pvalue > LEVEL, pvalue
+
+
+# ----- single outputs --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("finished_only", [True, False])
 @pytest.mark.parametrize("alpha", [2.0, 4.0])
-@pytest.mark.parametrize("method", ["exact", "mh", "smc", "sir"])
-def test_sampler_reaches_exact_power_distribution(random_model, tokenizer, method, alpha):
-    tv, bound = _tv_to_exact(random_model, tokenizer, method, alpha)
-    assert tv <= bound, f"{method} alpha={alpha}: TV {tv:.4f} > sampling bound {bound:.4f}"
+def test_exact_sampler_draws_p_alpha(random_model, alpha, finished_only):
+    exact = exact_power_distribution(random_model, None, [4], alpha, T, finished_only=finished_only)
+    assert all(k[-1] == 0 for k in exact) == finished_only
+    out = _sample(random_model, "exact", alpha, finished_only)
+    assert chi_square(out.completion_ids, exact)[2] > LEVEL
 
 
-@pytest.mark.parametrize("alpha", [2.0, 4.0])
+@pytest.mark.parametrize("finished_only, alpha, tau", [(True, 4.0, 1.0), (False, 2.0, 0.5)])
+@pytest.mark.parametrize("method", ["smc", "sir"])
+def test_resampled_outputs_reach_p_alpha(random_model, method, alpha, finished_only, tau):
+    """With the finished target the proposal must finish often: at tau 0.5 only 6.8% of this model's proposals end
+    with EOS within 3 tokens, at tau 1 20.6% (a 64-particle run then finds none w.p. 4e-7; such a run would return
+    a cut answer, counted in the TV). 64 particles: SIR's O(1/N) bias at alpha 4 with 32 is ~0.09 on this model."""
+    exact = exact_power_distribution(random_model, None, [4], alpha, T, finished_only=finished_only)
+    out = _sample(
+        random_model, method, alpha, finished_only, num_particles=64, batch_size=100, proposal_temperature=tau
+    )
+    if finished_only:
+        assert out.stats["runs_without_finished"] == sum(not f for f in out.finished)
+    tv = total_variation(empirical_distribution(out.completion_ids), exact)
+    assert tv <= expected_tv_bound(exact, N_SAMPLES), (method, alpha, tv)
+
+
+def test_the_targets_differ(random_model):
+    """Cut answers hold most of the truncated target's mass on this model (both targets are named for what they are)."""
+    truncated = exact_power_distribution(random_model, None, [4], 4.0, T, finished_only=False)
+    cut_mass = sum(m for k, m in truncated.items() if k[-1] != 0)
+    assert cut_mass > 0.8
+    finished = exact_power_distribution(random_model, None, [4], 4.0, T, finished_only=True)
+    assert total_variation(truncated, finished) == pytest.approx(cut_mass, abs=1e-9)
+
+
 @pytest.mark.parametrize("method", ["mh", "smc"])
-def test_power_samplers_escape_the_trap(trap_model, tokenizer, method, alpha):
-    tv, bound = _tv_to_exact(trap_model, tokenizer, method, alpha)
-    assert tv <= bound, f"{method} alpha={alpha}: TV {tv:.4f} > sampling bound {bound:.4f}"
+def test_power_samplers_escape_the_trap(trap_model, method):
+    alpha = 4.0
+    exact = exact_power_distribution(trap_model, None, [4], alpha, T)
+    settings = dict(mcmc_steps=40, block_size=T, batch_size=750) if method == "mh" else dict(num_particles=32)
+    out = _sample(trap_model, method, alpha, True, **settings)
+    tv = total_variation(empirical_distribution(out.completion_ids), exact)
+    assert tv <= expected_tv_bound(exact, N_SAMPLES), (method, tv)
 
 
 def test_low_temperature_is_not_the_power_distribution(trap_model, tokenizer):
@@ -65,7 +220,7 @@ def test_low_temperature_is_not_the_power_distribution(trap_model, tokenizer):
     softmax(4 * logits) picks b first with ~0.4^4/(0.4^4+0.6^4) ≈ 0.16, so TV(q_low, p_4) >= 0.99 - 0.16 - slack.
     Both distributions are computed exactly (q_low(y) = prod_t softmax(alpha * logits_t)[y_t])."""
     alpha = 4.0
-    exact = exact_power_distribution(trap_model, None, [4], alpha, T)
+    exact = exact_power_distribution(trap_model, None, [4], alpha, T, finished_only=False)
     comps = all_completions(5, 0, T)
     log_q = sequence_logprobs(trap_model, [[4]] * len(comps), [list(c) for c in comps], temperature=1 / alpha)
     q_low = dict(zip(comps, log_q.exp().tolist()))
@@ -82,41 +237,23 @@ def test_low_temperature_is_not_the_power_distribution(trap_model, tokenizer):
     assert total_variation(emp, exact) > 0.7 - expected_tv_bound(q_low, 2000)
 
 
-def test_sir_weighted_set_is_consistent_with_default_proposal(random_model, tokenizer):
+def test_sir_weighted_set_is_consistent_with_default_proposal(random_model):
     """With the default proposal (tau = 1/alpha = 0.25) a large weighted particle set still matches p_4.
     Weighted TV error ~ 1/2 sum_y sqrt(p(y) E_q[w^2 | y]/N); we bound it by the iid bound scaled by
     sqrt(N / ESS) (ESS = effective sample size of the weights)."""
     alpha, N = 4.0, 20000
-    exact = exact_power_distribution(random_model, None, [4], alpha, T)
+    exact = exact_power_distribution(random_model, None, [4], alpha, T, finished_only=False)
     cfg = PowerSamplingConfig(
-        method="sir", alpha=alpha, max_new_tokens=T, num_particles=N, return_all_particles=True, batch_size=1
+        method="sir",
+        alpha=alpha,
+        max_new_tokens=T,
+        num_particles=N,
+        return_all_particles=True,
+        batch_size=1,
+        finished_only=False,
     )
-    out = PowerSampler(random_model, tokenizer, cfg).sample([[4]])
+    out = PowerSampler(random_model, None, cfg).sample([[4]])
     assert out.weights is not None and sum(out.weights) == pytest.approx(1.0)
     ess = out.stats["mean_ess"]
     tv = total_variation(empirical_distribution(out.completion_ids, out.weights), exact)
     assert tv <= expected_tv_bound(exact, int(ess))
-
-
-def test_smc_weighted_particles_estimate_p_alpha(random_model, tokenizer):
-    """The returned particle set (normalised weights) is itself an estimate of p_alpha."""
-    alpha, runs, N = 2.0, 100, 32
-    exact = exact_power_distribution(random_model, None, [4], alpha, T)
-    cfg = PowerSamplingConfig(
-        method="smc",
-        alpha=alpha,
-        max_new_tokens=T,
-        num_particles=N,
-        num_samples_per_prompt=runs,
-        return_all_particles=True,
-        proposal_temperature=0.5,
-        batch_size=50,
-    )
-    out = PowerSampler(random_model, tokenizer, cfg).sample([[4]])
-    assert len(out) == runs * N
-    weights = torch.tensor(out.weights).view(runs, N)
-    torch.testing.assert_close(weights.sum(1), torch.ones(runs, dtype=weights.dtype))
-    # pooling the runs' weighted sets: each run contributes total mass 1, and runs are independent,
-    # so the pooled estimate has at least `runs` iid-equivalent draws
-    tv = total_variation(empirical_distribution(out.completion_ids, out.weights), exact)
-    assert tv <= expected_tv_bound(exact, runs)

@@ -3,7 +3,7 @@
 - `call_model`: one forward pass with explicit positions and an optional KV cache. transformers 5 renamed
   `past_key_values` to `cache`; we look the name up once per model class instead of pinning a version.
 - `adapter_disabled`: the reference model of a PEFT student is the same weights with the adapter off.
-- `context_length`, `eos_token_ids`, `ensure_pad_token`: facts about a model/tokenizer pair.
+- `context_length`, `eos_token_ids`, `ensure_pad_token`, `continuation_texts`: facts about a model/tokenizer pair.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -128,3 +128,31 @@ def ensure_pad_token(tokenizer: Any) -> Any:
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def continuation_texts(
+    tokenizer: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    skip_special_tokens: bool = True,
+) -> list[str]:
+    """Each completion as text that continues its prompt: decode(prompt + completion) minus decode(prompt).
+
+    Decoding the pair keeps the spacing at the boundary (" a b" after "q" for a word-level tokenizer), so that
+    `prompt_text + completion` re-tokenizes to `prompt_ids + completion_ids` whenever the tokenizer's
+    decode/encode round-trips, which is how SFT joins a prompt and a completion. `skip_special_tokens=False`
+    keeps EOS in the text (then SFT adds no second one). Falls back to decode(completion) where the prompt's
+    text is not a prefix of the pair's; without a tokenizer the ids are joined by spaces.
+    """
+    if tokenizer is None:
+        return [" ".join(str(t) for t in c) for c in completion_ids]
+    pairs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
+    heads = tokenizer.batch_decode([list(p) for p in prompt_ids], skip_special_tokens=skip_special_tokens)
+    fulls = tokenizer.batch_decode(pairs, skip_special_tokens=skip_special_tokens)
+    out = []
+    for head, full, c in zip(heads, fulls, completion_ids):
+        if full.startswith(head):
+            out.append(full[len(head) :])
+        else:
+            out.append(tokenizer.decode(list(c), skip_special_tokens=skip_special_tokens))
+    return out

@@ -105,6 +105,15 @@ def normalise_log_weights(log_weights: Sequence[float] | np.ndarray) -> np.ndarr
     return w / w.sum()
 
 
+def log_mean_exp(log_values: Sequence[float] | np.ndarray) -> float:
+    """log((1/n) sum_i exp(l_i)), computed stably; -inf when every l_i is -inf."""
+    lv = np.asarray(log_values, dtype=np.float64)
+    top = lv.max()
+    if not np.isfinite(top):
+        return float(top)
+    return float(top + np.log(np.exp(lv - top).mean()))
+
+
 def power_from_logprobs(
     logprobs: Mapping[tuple[int, ...], float], alpha: float
 ) -> dict[tuple[int, ...], float]:
@@ -114,6 +123,14 @@ def power_from_logprobs(
     return dict(zip(keys, w.tolist()))
 
 
+def finished_completions(
+    logprobs: Mapping[tuple[int, ...], float], eos_ids: Sequence[int]
+) -> dict[tuple[int, ...], float]:
+    """The entries whose completion ends with EOS (the support of the finished-only target)."""
+    eos = set(eos_ids)
+    return {k: v for k, v in logprobs.items() if k and k[-1] in eos}
+
+
 def exact_power_distribution(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -121,11 +138,24 @@ def exact_power_distribution(
     alpha: float,
     max_new_tokens: int,
     max_sequences: int = 200_000,
+    finished_only: bool = True,
 ) -> dict[tuple[int, ...], float]:
-    """Exact p_alpha(y|x) for every completion of a tiny model: {completion ids tuple: probability}."""
+    """Exact p_alpha(y|x) for every completion of a tiny model: {completion ids tuple: probability}.
+
+    `finished_only=True` (the samplers' default): p^alpha over the answers that end with EOS within
+    `max_new_tokens` = H. `False`: (p_H)^alpha, the power of p truncated at H, where an answer cut at H counts
+    with p(y_{1:H})^alpha (the mass of all its continuations, raised to alpha).
+    """
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
-    logprobs, _ = exact_sequence_logprobs(model, tokenizer, prompt, max_new_tokens, max_sequences)
+    eos = eos_token_ids(model, tokenizer)
+    logprobs, _ = exact_sequence_logprobs(
+        model, tokenizer, prompt, max_new_tokens, max_sequences, eos_ids=eos
+    )
+    if finished_only:
+        logprobs = finished_completions(logprobs, eos)
+        if not logprobs:
+            raise ValueError(f"No completion ends with EOS within max_new_tokens={max_new_tokens}.")
     return power_from_logprobs(logprobs, alpha)
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 METHODS = ("temperature", "low_temperature", "mh", "smc", "sir", "exact")
+MH_SUFFIX_RULES = ("horizon", "current_length", "current_length_full")
 
 
 @dataclass
@@ -35,9 +36,22 @@ class PowerSamplingConfig:
         mcmc_steps: MH proposals per block (reference: 10).
         mh_suffix_rule: `"horizon"` (default, exact): a proposal resamples the suffix up to the end of the
             current block or EOS, and the acceptance includes the cut-point correction log(L / L').
-            `"current_length"`: the reference rule, resample back to the current length (from an answer
-            that ended early a longer one can never be proposed, so detailed balance fails); kept for
-            faithful benchmarks.
+            `"current_length"`: Karan & Du's released rule, kept for faithful benchmarks: resample back to
+            the current length L, no cut-point correction, and the current answer's log-probs summed over
+            [i, L') only (its tail beyond an early-stopping proposal left out of the ratio).
+            `"current_length_full"`: the same proposal with the whole current suffix [i, L) in the ratio.
+            Neither current-length rule is reversible: a proposal is never longer than the current answer,
+            so the answer length never grows and both chains collapse onto short answers in the long run.
+        finished_only: Which target the power samplers (mh, smc, sir, exact) aim at. Every answer ends with
+            EOS or is cut at `max_new_tokens` = H. `True` (default): p^alpha over the *finished* answers only,
+            p_alpha(y) ∝ p(y)^alpha 1{y ends with EOS}: a cut answer gets weight 0 (SIR, SMC), is rejected
+            (MH) or is not enumerated (exact). `False`: (p_H)^alpha, the power of p truncated at H, in which a
+            cut answer y_{1:H} counts with p(y_{1:H})^alpha, i.e. with the total mass of its continuations
+            raised to alpha; since (sum p)^alpha >= sum p^alpha, cut answers are inflated. The default is what
+            users of teacher data and of answers expect: complete answers (SFT likewise appends EOS to every
+            completion), and no mass moved onto answers cut mid-sentence. A run in which no finished answer
+            was found returns a cut one, flagged in `PowerSamplingOutput.finished` and counted in
+            `stats["runs_without_finished"]`. Ignored by `temperature` and `low_temperature` (no target).
         num_particles: Particles per prompt for SMC, proposals per prompt for SIR.
         ess_threshold: SMC resamples (systematically) a prompt's particles when ESS < ess_threshold * N.
         return_all_particles: SMC/SIR: return the whole weighted particle set (with `weights`) instead of
@@ -60,6 +74,7 @@ class PowerSamplingConfig:
     block_size: int | None = None
     mcmc_steps: int = 10
     mh_suffix_rule: str = "horizon"
+    finished_only: bool = True
     num_particles: int = 16
     ess_threshold: float = 0.5
     return_all_particles: bool = False
@@ -88,10 +103,8 @@ class PowerSamplingConfig:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if self.mcmc_steps < 0:
             raise ValueError(f"mcmc_steps must be >= 0, got {self.mcmc_steps}")
-        if self.mh_suffix_rule not in ("horizon", "current_length"):
-            raise ValueError(
-                f"mh_suffix_rule must be 'horizon' or 'current_length', got {self.mh_suffix_rule!r}"
-            )
+        if self.mh_suffix_rule not in MH_SUFFIX_RULES:
+            raise ValueError(f"mh_suffix_rule must be one of {MH_SUFFIX_RULES}, got {self.mh_suffix_rule!r}")
         if self.num_particles < 1 or self.num_samples_per_prompt < 1 or self.batch_size < 1:
             raise ValueError("num_particles, num_samples_per_prompt and batch_size must be >= 1")
         if not 0 <= self.ess_threshold <= 1:
@@ -115,23 +128,59 @@ class PowerSamplingOutput:
     """What a sampler returns; row k belongs to prompt `prompt_indices[k]`.
 
     Args:
-        completions: Decoded completions (special tokens skipped).
+        completions: Decoded completions (special tokens, EOS included, skipped: the text SFT expects, which
+            appends EOS itself). Whether an answer ended with EOS is in `finished`, not in the text.
         completion_ids: Generated token ids (EOS included when generated).
         base_logprobs: log p(y|x) under the base model, summed over the completion tokens.
-        weights: `None`, or the self-normalised weight of each row within its run (particle / importance
-            sets, `return_all_particles=True`).
         prompt_indices: Index of the prompt each row answers.
+        finished: Whether each completion ended with EOS (False: cut at `max_new_tokens`).
+        weights: `None`, or the self-normalised weight of each row within its run (particle / importance
+            sets, `return_all_particles=True`). A run without any finished answer under
+            `finished_only=True` has all weights 0.
+        log_z: SMC and SIR: per run (runs ordered by prompt, then sample), log Ẑ, the log of the run's mean
+            unnormalised weight, an unbiased estimate of Z_alpha(x) = sum_y p(y|x)^alpha over the target's
+            answers (finished ones with `finished_only`); `None` for the other methods.
+        prompts: The prompts as given to `sample` (text or token ids), for `to_dataset`.
         stats: Cost and diagnostics: `prefill_tokens` and `decode_tokens` (real tokens fed through the
-            model; padding not counted), `tokens_forwarded` (their sum), `seconds`, `num_samples`, and per
-            method `acceptance_rate` (MH), `resample_count` and `mean_ess` (SMC), `ess` (SIR).
+            model; padding not counted), `tokens_forwarded` (their sum), `seconds`, `num_samples`,
+            `runs_without_finished`, and per method `acceptance_rate` (MH), `resample_count` and `mean_ess`
+            (SMC), `mean_ess` (SIR).
     """
 
     completions: list[str]
     completion_ids: list[list[int]]
     base_logprobs: list[float]
     prompt_indices: list[int]
+    finished: list[bool] = field(default_factory=list)
     weights: list[float] | None = None
+    log_z: list[float] | None = None
+    prompts: list[Any] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.completion_ids)
+
+    def to_dataset(self) -> Any:
+        """The rows as a `datasets.Dataset` with columns `prompt` (as given), `completion` (text, no EOS: SFT
+        appends it to finished answers, and `PowerDistillTrainer` to finished ones only), `completion_ids`
+        (exact, EOS included when generated), `weight` (1.0, or the particle weight), `finished`,
+        `prompt_index` and `base_logprob`; ready for `PowerDistillTrainer` (its text path) or any SFT
+        trainer (which would also append EOS to cut answers: filter on `finished` first)."""
+        from datasets import Dataset
+
+        if self.prompts is None:
+            raise ValueError("This output does not carry its prompts; build it with PowerSampler.sample.")
+        if len(self) == 0:
+            raise ValueError("The output has no rows.")
+        weights = self.weights if self.weights is not None else [1.0] * len(self)
+        return Dataset.from_dict(
+            {
+                "prompt": [self.prompts[i] for i in self.prompt_indices],
+                "completion": list(self.completions),
+                "completion_ids": [list(map(int, c)) for c in self.completion_ids],
+                "weight": [float(w) for w in weights],
+                "finished": [bool(f) for f in self.finished],
+                "prompt_index": list(self.prompt_indices),
+                "base_logprob": [float(x) for x in self.base_logprobs],
+            }
+        )

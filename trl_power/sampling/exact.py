@@ -1,4 +1,5 @@
-"""Exact sampling by enumeration: draw from p_alpha(y) = p(y)^alpha / Z computed over every completion.
+"""Exact sampling by enumeration: draw from p_alpha(y) = p(y)^alpha / Z computed over every completion (every
+finished one with `finished_only`).
 
 Tiny models only (the ground truth for tests); refuses more than `exact_max_sequences` completions.
 """
@@ -11,7 +12,7 @@ import torch
 from trl_power.sampling.config import PowerSamplingConfig
 from trl_power.sampling.engine import TokenCounter
 from trl_power.sampling.sir import resample_index
-from trl_power.theory import exact_sequence_logprobs, normalise_log_weights
+from trl_power.theory import exact_sequence_logprobs, finished_completions, normalise_log_weights
 
 
 def sample_exact(
@@ -23,6 +24,8 @@ def sample_exact(
             model, None, prompts[i], config.max_new_tokens, config.exact_max_sequences, eos_ids=eos_ids
         )
         counter.prefill_tokens += forwarded
+        if config.finished_only:
+            logprobs = finished_completions(logprobs, eos_ids)
         keys = list(logprobs)
         lp = np.array([logprobs[k] for k in keys])
         tables[i] = (keys, lp, normalise_log_weights(config.alpha * lp))

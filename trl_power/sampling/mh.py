@@ -1,15 +1,19 @@
 """Metropolis-Hastings power sampling (Karan & Du 2025), batched over chains, with KV-cache reuse.
 
-Target pi(y) ∝ p(y|x)^alpha; proposal q = sampling at temperature tau (default 1/alpha). The answer grows
-in blocks of B tokens; after each block, `mcmc_steps` times: pick a cut point i uniformly over the L
-generated tokens, resample the suffix y'_{i:} from q, accept with
+Target pi(y) ∝ p(y|x)^alpha (times 1{y ends with EOS} in the last block with `finished_only`); proposal q =
+sampling at temperature tau (default 1/alpha). The answer grows in blocks of B tokens; after each block,
+`mcmc_steps` times: pick a cut point i uniformly over the L generated tokens, resample the suffix y'_{i:} from q,
+accept with
 
     log A = alpha * [log p(y'_{i:}) - log p(y_{i:})] + [log q(y_{i:}) - log q(y'_{i:})] (+ log L - log L')
 
 and stop a chain once its answer holds EOS. `mh_suffix_rule="horizon"` resamples up to the end of the
 current block (or EOS) and adds the cut-point correction log(L/L') (the reverse move picks i with
-probability 1/L'), which makes each block's kernel exact for p^alpha restricted to that horizon.
-`"current_length"` is the reference rule: resample back to the current length L, no correction.
+probability 1/L'), which makes each block's kernel exact for the power of p truncated at that horizon (and,
+in the last block, for p^alpha over finished answers with `finished_only`: a cut proposal is then rejected,
+and from a cut answer any finished proposal is accepted). The current-length rules resample back to the
+current length L with no correction: `"current_length"` sums the current answer's terms over [i, L') only,
+as Karan & Du's released code does; `"current_length_full"` over [i, L).
 
 Cost: a proposal from cut point i re-feeds one token (y_{i-1}) and then only its new suffix: the prefix's
 keys/values are gathered from the chain's cache (no forward pass re-reads them), and log p, log q of every
@@ -29,18 +33,28 @@ from trl_power.sampling.engine import RunRandom, TokenCounter, decode, prefill
 
 def log_acceptance(
     alpha: float,
+    cut: int,
     lp_new: list[float],
     lq_new: list[float],
     lp_old: list[float],
     lq_old: list[float],
-    length_old: int,
-    length_new: int,
-    length_correction: bool,
+    rule: str,
+    new_in_target: bool = True,
+    old_in_target: bool = True,
 ) -> float:
-    """log A for replacing suffix (lp_old, lq_old) by (lp_new, lq_new)."""
+    """log A for replacing the current suffix from cut point `cut` (lp_old, lq_old: its per-token log p, log q,
+    the whole suffix [cut, L)) by a proposed one (lp_new, lq_new, ending at L'). `new_in_target` /
+    `old_in_target`: whether each answer has positive target probability (False: a cut answer under the
+    finished-only target)."""
+    if not new_in_target:
+        return -math.inf
+    if not old_in_target:
+        return math.inf
+    if rule == "current_length":  # the reference's ratio: the current answer's terms over [cut, L') only
+        lp_old, lq_old = lp_old[: len(lp_new)], lq_old[: len(lq_new)]
     log_a = alpha * (sum(lp_new) - sum(lp_old)) + (sum(lq_old) - sum(lq_new))
-    if length_correction:
-        log_a += math.log(length_old) - math.log(length_new)
+    if rule == "horizon":  # the reverse move picks its cut point with probability 1/L'
+        log_a += math.log(cut + len(lp_old)) - math.log(cut + len(lp_new))
     return log_a
 
 
@@ -49,9 +63,9 @@ def sample_mh(
 ):
     B = len(run_prompt)
     device = next(model.parameters()).device
-    eos = set(eos_ids)
     tau, k, p = config.proposal_tau, config.top_k, config.top_p
-    exact_rule = config.mh_suffix_rule == "horizon"
+    rule = config.mh_suffix_rule
+    eos_set = set(eos_ids)
     rng = RunRandom(generators, range(B))
     seqs = [list(prompts[i]) for i in run_prompt]  # prompt + generated
     plen = [len(s) for s in seqs]
@@ -87,7 +101,9 @@ def sample_mh(
             keep = torch.tensor([plen[b] + i - 1 for b, i in zip(act, cut)], device=device)
             pending = torch.tensor([seqs[b][plen[b] + i - 1] for b, i in zip(act, cut)], device=device)
             prop = state.truncate(rows, keep, pending)
-            target = [(horizon if exact_rule else n) - i for n, i in zip(L, cut)]
+            target = [(horizon if rule == "horizon" else n) - i for n, i in zip(L, cut)]
+            # the finished-only target applies to the last block's answers
+            restrict = config.finished_only and horizon == config.max_new_tokens
             prop, toks, lp, lq = decode(
                 model, prop, sub_rng, torch.tensor(target), eos_ids, tau, k, p, counter
             )
@@ -95,10 +111,18 @@ def sample_mh(
             accepted = []
             for j, (b, i) in enumerate(zip(act, cut)):
                 log_a = log_acceptance(
-                    config.alpha, lp[j], lq[j], lps[b][i:], lqs[b][i:], L[j], i + len(toks[j]), exact_rule
+                    config.alpha,
+                    i,
+                    lp[j],
+                    lq[j],
+                    lps[b][i:],
+                    lqs[b][i:],
+                    rule,
+                    new_in_target=not restrict or (bool(toks[j]) and toks[j][-1] in eos_set),
+                    old_in_target=not restrict or seqs[b][-1] in eos_set,
                 )
                 attempts += 1
-                if u_acc[j] == 0.0 or math.log(u_acc[j]) < log_a:
+                if (math.log(u_acc[j]) if u_acc[j] > 0 else -math.inf) < log_a:
                     accepts += 1
                     accepted.append(j)
                     seqs[b] = seqs[b][: plen[b] + i] + toks[j]
@@ -109,7 +133,7 @@ def sample_mh(
                 state = state.replace_rows(rows[acc], prop.select(acc))
         for b in act:
             gen = seqs[b][plen[b] :]
-            done[b] = (gen and gen[-1] in eos) or len(gen) >= config.max_new_tokens
+            done[b] = (gen and gen[-1] in eos_set) or len(gen) >= config.max_new_tokens
     stats["mh_attempts"] = stats.get("mh_attempts", 0) + attempts
     stats["mh_accepts"] = stats.get("mh_accepts", 0) + accepts
     return [[(seqs[b][plen[b] :], sum(lps[b]), None)] for b in range(B)]

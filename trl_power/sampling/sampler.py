@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from trl_power.modeling import context_length, ensure_pad_token, eos_token_ids, eval_mode
+from trl_power.modeling import context_length, continuation_texts, ensure_pad_token, eos_token_ids, eval_mode
 from trl_power.sampling.config import PowerSamplingConfig, PowerSamplingOutput
 from trl_power.sampling.engine import TokenCounter, chain_generator
 from trl_power.sampling.exact import sample_exact
@@ -106,20 +106,38 @@ class PowerSampler:
                 bar.update(len(batch))
             bar.close()
         seconds = time.perf_counter() - start
-        return self._output(rows, counter, stats, seconds)
+        return self._output(list(prompts), prompt_ids, rows, counter, stats, seconds)
 
-    def _output(self, rows, counter: TokenCounter, stats: dict, seconds: float) -> PowerSamplingOutput:
+    def _output(
+        self,
+        prompts: list,
+        prompt_ids: list[list[int]],
+        rows,
+        counter: TokenCounter,
+        stats: dict,
+        seconds: float,
+    ) -> PowerSamplingOutput:
         ids = [r[1] for r in rows]
-        if self.tokenizer is not None:
-            texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        else:
-            texts = [" ".join(map(str, x)) for x in ids]
+        texts = continuation_texts(self.tokenizer, [prompt_ids[r[0]] for r in rows], ids)
+        eos = set(self.eos_ids)
+        finished = [bool(x) and x[-1] in eos for x in ids]
         weights = (
             [r[3] for r in rows] if self.config.return_all_particles and rows[0][3] is not None else None
         )
         out_stats: dict[str, Any] = {"method": self.config.method, **counter.as_dict(), "seconds": seconds}
         out_stats["num_samples"] = len(rows)
         out_stats["new_tokens"] = sum(len(x) for x in ids)
+        if weights is not None:  # a run without a finished answer has weight 0 everywhere
+            run_totals: dict[int, float] = {}
+            for k, w in enumerate(weights):
+                run_totals[k // self.config.num_particles] = (
+                    run_totals.get(k // self.config.num_particles, 0) + w
+                )
+            out_stats["runs_without_finished"] = sum(t == 0 for t in run_totals.values())
+        else:
+            out_stats["runs_without_finished"] = (
+                sum(not f for f in finished) if self.config.finished_only and self._has_target() else 0
+            )
         if "mh_attempts" in stats:
             out_stats["acceptance_rate"] = stats["mh_accepts"] / max(1, stats["mh_attempts"])
             out_stats["mh_attempts"] = stats["mh_attempts"]
@@ -133,6 +151,12 @@ class PowerSampler:
             completion_ids=ids,
             base_logprobs=[r[2] for r in rows],
             prompt_indices=[r[0] for r in rows],
+            finished=finished,
             weights=weights,
+            log_z=[float(z) for z in stats["log_z"]] if "log_z" in stats else None,
+            prompts=prompts,
             stats=out_stats,
         )
+
+    def _has_target(self) -> bool:
+        return self.config.method in ("mh", "smc", "sir", "exact")

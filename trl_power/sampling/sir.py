@@ -1,8 +1,9 @@
 """Sampling-importance-resampling (best-of-N with the right weights).
 
 Draw N completions y^(n) ~ q (proposal temperature tau, default 1/alpha), weight
-w_n ∝ p(y^(n))^alpha / q(y^(n)) = exp(alpha * sum_t log p - sum_t log q), self-normalise, resample one.
-Exact as N → ∞; the weighted set itself is a consistent estimate of p_alpha.
+w_n ∝ p(y^(n))^alpha / q(y^(n)) = exp(alpha * sum_t log p - sum_t log q) (times 1{y ends with EOS} for the
+finished-only target), self-normalise, resample one. Exact as N → ∞; the weighted set itself is a consistent
+estimate of p_alpha, and the mean unnormalised weight Ẑ an unbiased estimate of Z_alpha = sum_y p(y)^alpha.
 """
 
 from __future__ import annotations
@@ -12,13 +13,36 @@ import torch
 
 from trl_power.sampling.config import PowerSamplingConfig
 from trl_power.sampling.engine import RunRandom, TokenCounter, decode, prefill
-from trl_power.theory import normalise_log_weights
+from trl_power.theory import log_mean_exp, normalise_log_weights
+
+
+def importance_log_weights(
+    alpha: float, logp: np.ndarray, logq: np.ndarray, finished: np.ndarray, finished_only: bool
+) -> np.ndarray:
+    """log w = alpha * log p(y) - log q(y) per completion (sequence sums); -inf for a cut answer when the
+    target is p^alpha over finished answers."""
+    logw = alpha * np.asarray(logp, dtype=np.float64) - np.asarray(logq, dtype=np.float64)
+    return np.where(finished, logw, -np.inf) if finished_only else logw
+
+
+def run_weights(logw: np.ndarray) -> np.ndarray:
+    """Self-normalised weights of one run; all 0 when no particle carries weight (no finished answer)."""
+    if not np.isfinite(logw).any():
+        return np.zeros(len(logw))
+    return normalise_log_weights(logw)
 
 
 def resample_index(weights: np.ndarray, u: float) -> int:
-    """Inverse-CDF draw from normalised weights."""
+    """Inverse-CDF draw from normalised weights (uniform over the particles when all weights are 0)."""
+    if not weights.sum() > 0:
+        return min(int(u * len(weights)), len(weights) - 1)
     idx = int(np.searchsorted(np.cumsum(weights), u * weights.sum(), side="right"))
     return min(idx, len(weights) - 1)
+
+
+def finished_mask(completions: list[list[int]], eos_ids) -> np.ndarray:
+    eos = set(eos_ids)
+    return np.array([bool(c) and c[-1] in eos for c in completions])
 
 
 def sample_sir(
@@ -36,9 +60,13 @@ def sample_sir(
     for r in range(len(run_prompt)):
         sl = slice(r * N, (r + 1) * N)
         logp = np.array([sum(x) for x in lps[sl]])
-        logw = config.alpha * logp - np.array([sum(x) for x in lqs[sl]])
-        w = normalise_log_weights(logw)
-        stats.setdefault("ess", []).append(float(1.0 / (w**2).sum()))
+        logq = np.array([sum(x) for x in lqs[sl]])
+        logw = importance_log_weights(
+            config.alpha, logp, logq, finished_mask(toks[sl], eos_ids), config.finished_only
+        )
+        w = run_weights(logw)
+        stats.setdefault("log_z", []).append(log_mean_exp(logw))
+        stats.setdefault("ess", []).append(float(1.0 / (w**2).sum()) if w.sum() > 0 else 0.0)
         if config.return_all_particles:
             results.append([(t, float(lp), float(wi)) for t, lp, wi in zip(toks[sl], logp, w)])
         else:
