@@ -65,11 +65,11 @@ class MHKernel:
             nxt = []
             for seq, lq in frontier:
                 for v in range(self.vocab):
-                    s, l = (*seq, v), lq + self.logq[seq][v]
+                    s, lq_s = (*seq, v), lq + self.logq[seq][v]
                     if v == self.eos or len(s) == stop:
-                        out.append((s, math.exp(l)))
+                        out.append((s, math.exp(lq_s)))
                     else:
-                        nxt.append((s, l))
+                        nxt.append((s, lq_s))
             frontier = nxt
         return out
 
