@@ -15,7 +15,8 @@ from launch import accelerate_launch
 
 import trl_power.data as data
 from trl_power import PowerSampler, PowerSamplingConfig, generate_power_dataset
-from trl_power.data import completion_text, power_dataset_metadata, shard_seed, tokenize_prompt
+from trl_power.data import power_dataset_metadata, shard_seed, tokenize_prompt
+from trl_power.modeling import continuation_texts
 from trl_power.scoring import sequence_logprobs
 from trl_power.tiny_models import build_model, build_tokenizer
 
@@ -23,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 WORDS = ["a", "b", "c", "q"]
 PROMPTS = ["q", "q a", "q b", "q c", "q a b", "q c c", "q b a", "q q", "q a c", "q c a"]
 # SIR particle sets: weighted rows, 2 runs x 4 particles per prompt; 10 prompts in shards of 3 (the last has 1).
-# Proposal at temperature 1 (the base model), so that both EOS-ended and truncated completions occur.
+# Proposal at temperature 1 (the base model) and the truncated target, so that both EOS-ended and cut completions
+# occur with positive weights.
 SIR = PowerSamplingConfig(
     method="sir",
     alpha=3.0,
@@ -32,6 +34,7 @@ SIR = PowerSamplingConfig(
     return_all_particles=True,
     num_samples_per_prompt=2,
     proposal_temperature=1.0,
+    finished_only=False,
 )
 SHARD_SIZE = 3
 FLOAT_COLUMNS = ("base_logprob", "weight")
@@ -96,15 +99,16 @@ def test_rows_columns_weights_and_metadata(reference, model_and_tokenizer):
     lp = sequence_logprobs(model, ds["prompt_ids"], ds["completion_ids"]).double().numpy()
     np.testing.assert_allclose(ds["base_logprob"], lp, atol=1e-4)
     assert ds["num_tokens"] == [len(c) for c in ds["completion_ids"]]
-    assert ds["truncated"] == [c[-1] != 0 for c in ds["completion_ids"]]
-    assert any(ds["truncated"]) and not all(ds["truncated"])  # both kinds occur, so both are tested below
-    # the text completion continues the prompt: prompt + completion re-tokenizes to the sampled ids, with EOS
-    # (" <eos>") only where it was sampled, so SFTTrainer's text pipeline adds no second EOS to those rows
+    assert ds["finished"] == [c[-1] == 0 for c in ds["completion_ids"]]
+    assert any(ds["finished"]) and not all(ds["finished"])  # both kinds occur, so both are tested below
+    # the text completion continues the prompt without EOS: prompt + completion, with EOS appended where the answer
+    # finished (as SFT appends it), re-tokenizes to the sampled ids
     for row in ds:
         assert row["prompt_ids"] == tokenize_prompt(tokenizer, row["prompt"])
-        joined = tokenizer(text=row["prompt"] + row["completion"])["input_ids"]
+        eos = tokenizer.eos_token if row["finished"] else ""
+        joined = tokenizer(text=row["prompt"] + row["completion"] + eos)["input_ids"]
         assert joined == row["prompt_ids"] + row["completion_ids"]
-        assert row["completion"].endswith(tokenizer.eos_token) != row["truncated"]
+        assert tokenizer.eos_token not in row["completion"]
     # per-run sampler statistics
     stats = ds[0]["stats"]
     assert stats["tokens_forwarded"] > 0 and stats["seconds"] >= 0 and "mean_ess" in stats
@@ -313,9 +317,13 @@ def test_bad_input(model_and_tokenizer):
         generate_power_dataset(model, tokenizer, [[{"role": "user", "content": "q"}]], config)
 
 
-def test_completion_text_falls_back_when_the_prompt_does_not_decode_as_a_prefix():
+def test_continuation_text_falls_back_when_the_prompt_does_not_decode_as_a_prefix():
     class Tok:
         def decode(self, ids, skip_special_tokens=False):
             return "|".join(map(str, ids)) if len(ids) > 1 else "X"
 
-    assert completion_text(Tok(), [1], [2, 3]) == "2|3"
+        def batch_decode(self, seqs, skip_special_tokens=False):
+            return [self.decode(s) for s in seqs]
+
+    assert continuation_texts(Tok(), [[1], [1]], [[2, 3], [4, 5]]) == ["2|3", "4|5"]
+    assert continuation_texts(None, [[1]], [[2, 3]]) == ["2 3"]

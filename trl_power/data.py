@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from trl_power.modeling import eos_token_ids
 from trl_power.sampling import PowerSampler, PowerSamplingConfig
 
 METADATA_KEY = "trl_power"
@@ -46,7 +45,7 @@ COLUMNS = (
     "base_logprob",
     "weight",
     "num_tokens",
-    "truncated",
+    "finished",
     "prompt_index",
     "sample_index",
     "particle_index",
@@ -64,6 +63,7 @@ _ADDITIVE_STATS = (
     "new_tokens",
     "mh_attempts",
     "resample_count",
+    "runs_without_finished",
 )
 
 
@@ -109,23 +109,6 @@ def tokenize_prompt(tokenizer: Any, prompt: Any) -> list[int]:
     if not ids:
         raise ValueError(f"The prompt {prompt!r:.100} tokenizes to no tokens.")
     return ids
-
-
-def completion_text(tokenizer: Any, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> str:
-    """The completion as text that continues the prompt: decode(prompt + completion) minus decode(prompt).
-
-    Special tokens (EOS) are kept, so that `prompt + completion` re-tokenizes to `prompt_ids + completion_ids`
-    whenever the tokenizer's decode/encode round-trips, spacing at the boundary included (e.g. " a b <eos>" after
-    "q" for a word-level tokenizer). `SFTTrainer` then adds no second EOS. The exact ids are kept in
-    `completion_ids` regardless.
-    """
-    if tokenizer is None:
-        return " ".join(str(t) for t in completion_ids)
-    head = tokenizer.decode(list(prompt_ids), skip_special_tokens=False)
-    full = tokenizer.decode(list(prompt_ids) + list(completion_ids), skip_special_tokens=False)
-    if full.startswith(head):
-        return full[len(head) :]
-    return tokenizer.decode(list(completion_ids), skip_special_tokens=False)
 
 
 def _prompts_from_input(prompts_or_dataset: Any) -> tuple[list[Any], Any]:
@@ -217,7 +200,6 @@ def _shard_rows(
     prompt_ids: list[list[int]],
     start: int,
     shard: int,
-    eos_ids: list[int],
 ) -> list[dict[str, Any]]:
     """Sample one shard (global prompts start..start+len(prompts)-1) and turn the output into rows."""
     sampler.config = config
@@ -242,7 +224,7 @@ def _shard_rows(
             )
             completion: Any = [{"role": "assistant", "content": text}]
         else:
-            completion = completion_text(tokenizer, prompt_ids[local], ids)
+            completion = out.completions[k]
         rows.append(
             {
                 "prompt": prompt,
@@ -252,7 +234,7 @@ def _shard_rows(
                 "base_logprob": float(out.base_logprobs[k]),
                 "weight": float(out.weights[k]) if out.weights is not None else 1.0,
                 "num_tokens": len(ids),
-                "truncated": not (ids and ids[-1] in eos_ids),
+                "finished": bool(out.finished[k]),
                 "prompt_index": start + local,
                 "sample_index": order // per_run,
                 "particle_index": order % per_run,
@@ -367,12 +349,13 @@ def generate_power_dataset(
 
     Returns:
         A `datasets.Dataset`, one row per completion (rows ordered by prompt, then sample, then particle), columns:
-        `prompt` (as given); `completion` (text continuing the prompt, special tokens such as EOS included, see
-        `completion_text`; for conversational prompts `[{"role": "assistant", "content": text}]`); `prompt_ids`,
+        `prompt` (as given); `completion` (text continuing the prompt without special tokens, as
+        `PowerSamplingOutput.completions`: SFT appends EOS to it, `PowerDistillTrainer` only where `finished`; for
+        conversational prompts `[{"role": "assistant", "content": text}]`); `prompt_ids`,
         `completion_ids` (the exact sampled ids, EOS included when generated); `base_logprob` (log p(y|x), summed
         over the completion tokens); `weight` (1.0, or the particle's self-normalised weight within its run for
-        `return_all_particles`: each run has total weight 1); `num_tokens`; `truncated` (no EOS within
-        `max_new_tokens`); `prompt_index` (position in the input), `sample_index` (run j of the prompt),
+        `return_all_particles`: each run has total weight 1, or 0 when no particle finished under `finished_only`);
+        `num_tokens`; `finished` (ended with EOS within `max_new_tokens`); `prompt_index` (position in the input), `sample_index` (run j of the prompt),
         `particle_index`; `shard`; `stats` (the sampler's statistics per run, i.e. per answer: tokens forwarded,
         prefill/decode tokens and seconds of its shard divided by the shard's runs, acceptance rate, mean ESS...).
         `power_dataset_metadata(dataset)` returns the sampling config (with the seed used), model and shard size.
@@ -471,7 +454,6 @@ def generate_power_dataset(
     from tqdm.auto import tqdm
 
     sampler = PowerSampler(model, tokenizer, used_config)
-    eos_ids = eos_token_ids(model, tokenizer)
     local_rows: list[dict[str, Any]] = []
     for s in tqdm(mine, desc=f"power data set (process {state.process_index})", disable=not show_progress):
         lo, hi = s * shard_size, min(len(prompts), (s + 1) * shard_size)
@@ -482,7 +464,6 @@ def generate_power_dataset(
             prompt_ids[lo:hi],
             lo,
             s,
-            eos_ids,
         )
         if out_dir is not None:
             _write_jsonl_atomic(_shard_path(out_dir, s), rows)

@@ -40,9 +40,9 @@ def main(model_dir: str, work_dir: str) -> None:
     sampled: dict[str, list[int]] = {}
     original = data._shard_rows
 
-    def recording_shard_rows(sampler, cfg, prompts, prompt_ids, start, shard, eos_ids):
+    def recording_shard_rows(sampler, cfg, prompts, prompt_ids, start, shard):
         sampled.setdefault(current, []).append(shard)
-        return original(sampler, cfg, prompts, prompt_ids, start, shard, eos_ids)
+        return original(sampler, cfg, prompts, prompt_ids, start, shard)
 
     data._shard_rows = recording_shard_rows
     results = {}

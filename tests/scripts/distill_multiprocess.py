@@ -43,6 +43,7 @@ def args(out: Path, **kwargs) -> PowerDistillConfig:
         gradient_checkpointing=False,
         disable_tqdm=True,
         use_cpu=True,
+        finished_only=False,  # the rows are particles weighted for the truncated target
         seed=0,
     )
     return PowerDistillConfig(**{**defaults, **kwargs})
@@ -73,6 +74,7 @@ def main(model_dir: str, work_dir: str) -> None:
         args(
             work / "online",
             sampling_config=sampling,
+            finished_only=None,  # the sampling config's
             per_device_train_batch_size=1,
             max_steps=2,
             learning_rate=1e-2,

@@ -2,13 +2,16 @@
 
     min_theta KL(p_alpha || pi_theta) = max_theta E_{x, y~p_alpha(.|x)}[ log pi_theta(y|x) ] + const
 
-is plain NLL of the completion tokens on teacher samples y ~ p_alpha (DESIGN.md 1.3). With weighted teacher samples
-(SMC/SIR particle sets, `weight` column), the self-normalised weighted NLL
+is plain NLL of the completion tokens on teacher samples y ~ p_alpha (docs/design.md 1.3). With weighted teacher
+samples (SMC/SIR particle sets, `weight` column), the self-normalised weighted NLL over the data set
 
-    L(theta) = sum_i w_i * (-log pi_theta(y_i|x_i)) / sum_i w_i
+    L(theta) = sum_i w_i * (-log pi_theta(y_i|x_i)) / sum_i w_i T_i           (T_i: completion tokens of row i)
 
-is the importance-sampling estimate of the same cross-entropy; its minimiser over all distributions is the weighted
-empirical distribution of the particles, a consistent estimate of p_alpha. The student then answers like the power
+is the importance-sampling estimate of the same cross-entropy (per token); its minimiser over all distributions is
+the weighted empirical distribution of the particles, a consistent estimate of p_alpha. A batch B of b rows is
+divided by b * m, m = (1/n) sum_i w_i T_i the data set's mean weighted length, so that E_B[L_B] = L for random
+batches of any size and SGD's fixed point is that minimiser; a divisor recomputed per batch (sum_{i in B} w_i T_i,
+SFTTrainer's rule) is not, and at batch 1 it ignores the weights and normalises by length. The student then answers like the power
 sampler at the cost of one plain sample. See Tomihari & Sato 2026 (arXiv 2605.04542).
 """
 
@@ -29,7 +32,7 @@ from trl.data_utils import get_dataset_column_names
 from trl.trainer.utils import get_config_model_id
 
 from trl_power.data import power_dataset_metadata, prompt_format, tokenize_prompt
-from trl_power.modeling import adapter_disabled, is_peft_model
+from trl_power.modeling import adapter_disabled, eos_token_ids, is_peft_model
 from trl_power.sampling import PowerSampler, PowerSamplingConfig
 from trl_power.trainers import POWER_PAPER
 
@@ -71,6 +74,22 @@ class PowerDistillConfig(SFTConfig):
             student then learns exactly the sampled sequences (EOS only where the teacher generated it; a completion
             cut at `max_new_tokens` gets no EOS). `False`: use SFTTrainer's text pipeline on `prompt`/`completion`,
             which re-tokenizes the text and appends EOS to every completion.
+        finished_only (`bool`, *optional*):
+            Distill p^alpha over finished answers (those that end with EOS) only (`True`, the default offline; online
+            the default is the sampling config's `finished_only`, itself `True` by default): rows with `finished=False` (or, with
+            exact ids and no `finished` column, whose `completion_ids` do not end with EOS) are dropped; online, the
+            teacher samples this target (`PowerSamplingConfig.finished_only`). `False`: the power of p truncated at
+            `max_new_tokens`, cut answers included and trained without an EOS (the text path appends EOS to
+            finished rows only).
+        loss_normalizer (`str`, *optional*, defaults to `"dataset_mean"`):
+            The divisor of a batch's (weighted) NLL. `"dataset_mean"`: the batch's number of sequences times the data
+            set's mean weighted completion length m = (1/n) sum_i w_i T_i, constant over the run, so the expected batch
+            loss is the full data set's loss at every batch size (unbiased gradients; SGD's fixed point is the
+            weighted empirical distribution). Under gradient accumulation the count is over the accumulated batch, and
+            with several processes over all of them (as `average_tokens_across_devices`), so the gradient is that of
+            the global batch's mean. Online, and for an `IterableDataset`, m is the running mean over the teacher rows
+            seen so far (it settles to a constant). `"batch_tokens"`: SFTTrainer's rule, the batch's own weighted token
+            count sum_{i in B} w_i T_i (biased at small batches; at batch 1 the weights cancel).
         alpha (`float`, *optional*):
             The power of the teacher data, recorded in the model card. Read from `sampling_config` (online) or from
             the data set metadata written by `generate_power_dataset` when not given; giving a different value than
@@ -78,10 +97,8 @@ class PowerDistillConfig(SFTConfig):
 
     > [!NOTE]
     > Loss: the NLL of the completion tokens, summed per sequence (the sequence log-likelihood is what
-    > KL(p_alpha || pi) needs) and, as in SFTTrainer, divided by the number of completion tokens of the (accumulated)
-    > batch. With a `weight` column each sequence's NLL is multiplied by its weight and the divisor is the
-    > weighted token count sum_i w_i * T_i, so unit weights give exactly SFTTrainer's loss and the gradient of a batch
-    > is the self-normalised weighted one, sum_i w_i grad(-log pi(y_i|x_i)) / sum_i w_i T_i.
+    > KL(p_alpha || pi) needs), each sequence's NLL times its weight (1 without a `weight` column), divided as
+    > `loss_normalizer` says. With `"batch_tokens"` and unit weights this is exactly SFTTrainer's loss.
     """
 
     _VALID_DICT_FIELDS = SFTConfig._VALID_DICT_FIELDS + ["sampling_config"]
@@ -104,6 +121,21 @@ class PowerDistillConfig(SFTConfig):
             "re-tokenization, EOS only where sampled)."
         },
     )
+    finished_only: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Distill p^alpha over finished answers only (rows that did not end with EOS are dropped; online, "
+            "the teacher samples that target). False: the truncated target, cut answers trained without EOS."
+        },
+    )
+    loss_normalizer: str = field(
+        default="dataset_mean",
+        metadata={
+            "help": "Divisor of a batch's weighted NLL: 'dataset_mean' (sequences x the data set's mean weighted "
+            "length: unbiased at any batch size) or 'batch_tokens' (SFTTrainer's per-batch token count).",
+            "choices": ["dataset_mean", "batch_tokens"],
+        },
+    )
     alpha: float | None = field(
         default=None,
         metadata={
@@ -121,6 +153,15 @@ class PowerDistillConfig(SFTConfig):
                     "sampling_config must be a PowerSamplingConfig, a dict of its fields or a JSON string, got "
                     f"{type(self.sampling_config).__name__}."
                 )
+            sampled = self.sampling_config.get("finished_only")
+            if self.finished_only is None:
+                self.finished_only = True if sampled is None else bool(sampled)
+            elif sampled is not None and bool(sampled) != self.finished_only:
+                raise ValueError(
+                    f"sampling_config finished_only={sampled} disagrees with PowerDistillConfig "
+                    f"finished_only={self.finished_only}; give the same value (or set it on one of them only)."
+                )
+            self.sampling_config = {**self.sampling_config, "finished_only": self.finished_only}
             try:
                 PowerSamplingConfig(**self.sampling_config)
             except TypeError as e:
@@ -129,6 +170,12 @@ class PowerDistillConfig(SFTConfig):
             if self.alpha is not None and not math.isclose(self.alpha, sampling_alpha):
                 raise ValueError(f"alpha={self.alpha} disagrees with sampling_config alpha={sampling_alpha}.")
             self.alpha = sampling_alpha
+        if self.finished_only is None:
+            self.finished_only = True
+        if self.loss_normalizer not in ("dataset_mean", "batch_tokens"):
+            raise ValueError(
+                f"loss_normalizer must be 'dataset_mean' or 'batch_tokens', got {self.loss_normalizer!r}"
+            )
         if self.teacher_refresh_steps < 1:
             raise ValueError(f"teacher_refresh_steps must be >= 1, got {self.teacher_refresh_steps}")
         if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
@@ -206,22 +253,28 @@ def validate_teacher_dataset(dataset: Any, name: str, online: bool, use_sampled_
             except ValueError as e:
                 raise ValueError(f"Row {i} of the {name} data set: {e}") from None
     else:
-        if use_sampled_ids and "completion_ids" in columns and "prompt_ids" in columns:
+        # Every row needs a token to train on. Sampled ids: at least one (an answer that is just EOS keeps its EOS).
+        # Text: an empty completion is an answer that is just EOS, which SFT (and this trainer, for a finished row)
+        # appends; only a row marked unfinished gets no EOS, so an empty one has nothing to train on.
+        if "completion_ids" in columns and (
+            use_sampled_ids and "prompt_ids" in columns or "completion" not in columns
+        ):
             empty = [i for i, c in enumerate(column("completion_ids")) if c is None or len(c) == 0]
-        elif "completion" in columns:
-            empty = [i for i, c in enumerate(column("completion")) if _is_empty_completion(c)]
-        elif "completion_ids" in columns:
-            empty = [i for i, c in enumerate(column("completion_ids")) if c is None or len(c) == 0]
-        elif "messages" in columns:
-            empty = [i for i, c in enumerate(column("messages")) if _is_empty_completion(c)]
-        elif "text" in columns:
-            empty = [i for i, c in enumerate(column("text")) if _is_empty_completion(c)]
-        else:
+        elif "completion" in columns and "finished" in columns:
+            empty = [
+                i
+                for i, (c, f) in enumerate(zip(column("completion"), column("finished")))
+                if not f and _is_empty_completion(c)
+            ]
+        elif "input_ids" in columns:
             empty = [i for i, c in enumerate(column("input_ids")) if c is None or len(c) == 0]
+        else:
+            empty = []
         if empty:
             raise ValueError(
-                f"{len(empty)} row(s) of the {name} data set have an empty completion (rows {empty[:10]}). Every "
-                "teacher sample must have at least one token (a completion that is just EOS is fine: keep the EOS)."
+                f"{len(empty)} row(s) of the {name} data set have nothing to train on (rows {empty[:10]}): an empty "
+                "completion_ids, or an empty completion marked finished=False. An answer that is just EOS keeps its "
+                "EOS in completion_ids, and is finished=True in text form."
             )
     if "weight" in columns:
         try:
@@ -330,10 +383,21 @@ class PowerDistillTrainer(SFTTrainer):
             raise ValueError("`train_dataset` is required")
 
         self._online = args.sampling_config is not None
+        try:
+            self._eos_ids = [] if isinstance(model, str) else eos_token_ids(model, processing_class)
+        except ValueError:  # no EOS known yet: the tokenizer SFTTrainer loads gives it
+            self._eos_ids = []
         self._sampling_config = args.power_sampling_config
         validate_teacher_dataset(train_dataset, "train", self._online, args.use_sampled_ids)
         self._dataset_metadata = power_dataset_metadata(train_dataset)
         self._check_alpha(args)
+        sampled_target = ((self._dataset_metadata or {}).get("sampling_config") or {}).get("finished_only")
+        if args.finished_only and sampled_target is False and _has_varying_weights(train_dataset):
+            raise ValueError(
+                "The teacher particles were weighted for the truncated target (finished_only=False); dropping their cut "
+                "answers would leave each run weighted by its finished fraction. Sample them with finished_only=True, "
+                "or distill with PowerDistillConfig(finished_only=False)."
+            )
         eval_sets = (
             eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset} if eval_dataset else {}
         )
@@ -398,6 +462,8 @@ class PowerDistillTrainer(SFTTrainer):
             peft_config=peft_config,
         )
         self.data_collator = _DistillCollator(self.data_collator)
+        self._weighted_tokens_sum, self._rows_seen = 0.0, 0
+        self._fixed_mean_weighted_tokens = self._dataset_mean_weighted_tokens(self.train_dataset)
         if self._teacher_model is not None:
             self._teacher_model.to(self.accelerator.device)
 
@@ -413,11 +479,26 @@ class PowerDistillTrainer(SFTTrainer):
                 return {"prompt_ids": tokenize_prompt(tokenizer, example["prompt"]), "prompt_index": index}
 
             return dataset.map(tokenize, with_indices=True)
-        if (
+        eos_ids = {*self._eos_ids, self._tokenizer.eos_token_id}
+        sampled_ids = (
             args.use_sampled_ids
             and {"prompt_ids", "completion_ids"} <= set(columns)
             and "input_ids" not in columns
-        ):
+        )
+        if "finished" not in columns and sampled_ids:
+            dataset = dataset.map(
+                lambda ex: {"finished": bool(ex["completion_ids"]) and ex["completion_ids"][-1] in eos_ids}
+            )
+            columns = get_dataset_column_names(dataset)
+        if args.finished_only and "finished" in columns:
+            dataset = dataset.filter(lambda ex: bool(ex["finished"]))
+            if hasattr(dataset, "__len__") and len(dataset) == 0:
+                raise ValueError(
+                    f"No row of the {dataset_name} data set is a finished answer (ends with EOS), and finished_only=True "
+                    "drops the others. Sample with a larger max_new_tokens, or set finished_only=False to distill the "
+                    "truncated target."
+                )
+        if sampled_ids:
             # Exact sampled ids: a pre-tokenized data set for SFTTrainer, which then builds the completion-only
             # labels and truncates to max_length as usual.
             def to_ids(example):
@@ -426,9 +507,30 @@ class PowerDistillTrainer(SFTTrainer):
 
             keep = {"weight"}
             dataset = dataset.map(to_ids, remove_columns=[c for c in columns if c not in keep])
-        return super()._prepare_dataset(
+        dataset = super()._prepare_dataset(
             dataset, processing_class, args, packing, formatting_func, dataset_name
         )
+        if not sampled_ids and "finished" in columns and not args.finished_only:
+            # SFT appended EOS to every text completion; an answer cut at max_new_tokens ends without one.
+            eos = self._tokenizer.eos_token_id
+
+            def drop_appended_eos(example):
+                if example["finished"] or not example["input_ids"] or example["input_ids"][-1] != eos:
+                    return {}
+                return {"input_ids": example["input_ids"][:-1], "labels": example["labels"][:-1]}
+
+            dataset = dataset.map(drop_appended_eos)
+        return dataset
+
+    def _dataset_mean_weighted_tokens(self, dataset: Any) -> float | None:
+        """m = (1/n) sum_i w_i T_i of a prepared map-style data set (None for online or iterable data)."""
+        from datasets import Dataset
+
+        if self._online or not isinstance(dataset, Dataset):
+            return None
+        weights = dataset["weight"] if "weight" in dataset.column_names else [1.0] * len(dataset)
+        tokens = [sum(label != -100 for label in labels[1:]) for labels in dataset["labels"]]
+        return float(np.dot(np.asarray(weights, dtype=np.float64), tokens) / len(dataset))
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -512,18 +614,47 @@ class PowerDistillTrainer(SFTTrainer):
 
     # ----- loss ------------------------------------------------------------------------------------------------------
 
+    def _loss_tokens_and_weights(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T_i, w_i) of each row of a collated batch: completion tokens that carry loss, and the weight (1 if none)."""
+        labels = batch["labels"]
+        tokens = (labels[:, 1:] != -100).sum(1).float()
+        weights = batch["weight"].float() if "weight" in batch else torch.ones_like(tokens)
+        return tokens, weights
+
+    def _observe_weighted_tokens(self, batches: list[dict[str, torch.Tensor]]) -> None:
+        """Online / iterable data: the running mean of w_i T_i over the rows seen so far."""
+        for batch in batches:
+            tokens, weights = self._loss_tokens_and_weights(batch)
+            self._weighted_tokens_sum += float((tokens * weights).sum())
+            self._rows_seen += len(tokens)
+
+    @property
+    def mean_weighted_tokens(self) -> float:
+        """m = (1/n) sum_i w_i T_i of the training data (a running mean for online or iterable data)."""
+        if self._fixed_mean_weighted_tokens is not None:
+            return self._fixed_mean_weighted_tokens
+        return self._weighted_tokens_sum / max(1, self._rows_seen)
+
     def _get_num_items_in_batch(self, batch_samples, device):
-        # The loss divisor of a weighted batch is the weighted count of completion tokens sum_i w_i T_i over the
-        # accumulated batch (and processes), instead of SFTTrainer's plain count; same rules otherwise.
+        # The loss divisor of the accumulated batch (summed over processes when the parent does), see
+        # `PowerDistillConfig.loss_normalizer`: b * m ("dataset_mean") or sum_i w_i T_i ("batch_tokens").
         num_items_in_batch = super()._get_num_items_in_batch(batch_samples, device)
-        if num_items_in_batch is None or not batch_samples or "weight" not in batch_samples[0]:
+        if num_items_in_batch is None or not batch_samples:
             return num_items_in_batch
-        weighted = sum(
-            ((b["labels"][:, 1:] != -100).float() * b["weight"][:, None].float()).sum() for b in batch_samples
-        ).to(device)
+        if self.model.training and self._fixed_mean_weighted_tokens is None:
+            self._observe_weighted_tokens(batch_samples)
+        rows = [self._loss_tokens_and_weights(b) for b in batch_samples]
+        if self.args.loss_normalizer == "dataset_mean":
+            local = torch.tensor(sum(len(t) for t, _ in rows) * self.mean_weighted_tokens, device=device)
+        else:
+            local = sum((t * w).sum() for t, w in rows).to(device)
+        return self._as_parent_divisor(local)
+
+    def _as_parent_divisor(self, local: torch.Tensor) -> torch.Tensor:
+        """A local divisor summed over processes and split over non-data-parallel ranks as the parent does."""
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
-            weighted = self.accelerator.gather(weighted).sum()
-        return weighted / (self.get_tp_size() * self.get_cp_size() * self.get_sp_size())
+            local = self.accelerator.gather(local).sum()
+        return local / (self.get_tp_size() * self.get_cp_size() * self.get_sp_size())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "weight" not in inputs:
@@ -540,7 +671,12 @@ class PowerDistillTrainer(SFTTrainer):
         if self.args.loss_type == "dft":
             per_token_loss = per_token_loss * outputs.log_probs.exp().detach()
         mask = outputs.label_mask
-        divisor = (mask * w).sum() if num_items_in_batch is None else num_items_in_batch
+        if num_items_in_batch is not None:
+            divisor = num_items_in_batch
+        elif self.args.loss_normalizer == "dataset_mean" and self.mean_weighted_tokens > 0:
+            divisor = w.numel() * self.mean_weighted_tokens
+        else:
+            divisor = (mask * w).sum()
         loss = per_token_loss.sum() / torch.as_tensor(divisor).clamp(min=1e-12)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
