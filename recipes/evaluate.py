@@ -141,7 +141,7 @@ def main(script_args: PowerScriptArguments, config: EvaluateConfig, model_args: 
     extra = {
         "alpha": sampling["alpha"],
         "new_tokens_per_answer": sum(answers["num_tokens"]) / len(answers),
-        "truncated_fraction": sum(answers["truncated"]) / len(answers),
+        "truncated_fraction": sum(not f for f in answers["finished"]) / len(answers),
     }
     for key in ("acceptance_rate", "mean_ess"):
         values = [s[key] for s in stats if s.get(key) is not None and not math.isnan(s[key])]

@@ -8,7 +8,7 @@ Every process loads the model and samples its share of the prompt shards (`gener
 are written to `output_dir/shards/` as they complete, so a rerun resumes. The main process merges them into
 `output_dir/dataset/` (`datasets.load_from_disk`; `recipes/power_distill.py` reads it as `dataset_name`) and pushes it to
 the Hub with `push_to_hub`. Columns: prompt, completion, prompt_ids, completion_ids, base_logprob (log p(y|x)), weight,
-num_tokens, truncated, prompt_index, sample_index, particle_index, shard, stats (cost per answer), and the data set's
+num_tokens, finished, prompt_index, sample_index, particle_index, shard, stats (cost per answer), and the data set's
 own columns (e.g. the gold answers).
 """
 

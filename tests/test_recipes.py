@@ -242,7 +242,7 @@ def test_self_reward_recipe_with_a_logged_verifier(tmp_path, files):
     logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
     keys = {k for h in logs for k in h}
     assert {
-        "rewards/self_reward/mean",
+        "self_reward/mean",
         "rewards/aligned_accuracy/mean",
         "rewards/aligned_accuracy/cov_self_reward",
     } <= keys

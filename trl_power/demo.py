@@ -283,14 +283,14 @@ def _train_self_reward(
         peft_config=_lora() if adapter == "lora" else None,
     )
     _, wall, cpu = _timed(trainer.train)
-    logs = [h for h in trainer.state.log_history if "rewards/self_reward/mean" in h]
+    logs = [h for h in trainer.state.log_history if "self_reward/mean" in h]
     info = {
         "adapter": adapter,
         "beta": config.beta,
         "train_steps": args.rl_steps,
         "train_wall_s": wall,
         "train_cpu_s": cpu,
-        "self_reward_first_last": [logs[0]["rewards/self_reward/mean"], logs[-1]["rewards/self_reward/mean"]]
+        "self_reward_first_last": [logs[0]["self_reward/mean"], logs[-1]["self_reward/mean"]]
         if logs
         else None,
     }

@@ -97,13 +97,15 @@ def main(model_dir: str, out_dir: str) -> None:
         grouped = reward.view(-1, NUM_GENERATIONS)
         loo = grouped - (grouped.sum(1, keepdim=True) - grouped) / (NUM_GENERATIONS - 1)
         rewards_per_func = captured["rewards_per_func"].double()
+        self_reward = torch.tensor(list(trainer._logs["extra"]["self_reward"]), dtype=torch.float64)
         groups = [prompt_ids[i : i + NUM_GENERATIONS] for i in range(0, len(prompt_ids), NUM_GENERATIONS)]
         checks.append(
             {
                 "local_rows": captured["local_rows"],
                 "gathered_rows": int(rewards_per_func.size(0)),
                 "groups_share_a_prompt": all(all(p == g[0] for p in g) for g in groups),
-                "self_reward_err": float((rewards_per_func[:, -1] - log_ref).abs().max()),
+                "reward_columns": int(rewards_per_func.size(1)),
+                "self_reward_err": float((self_reward - log_ref).abs().max()),
                 "length_err": float((rewards_per_func[:, 0] - lengths).abs().max()),
                 "advantage_err": float((advantages - loo.view(-1)).abs().max()),
                 "advantage_scale": float(loo.abs().max()),

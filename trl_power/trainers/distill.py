@@ -18,15 +18,18 @@ sampler at the cost of one plain sample. See Tomihari & Sato 2026 (arXiv 2605.04
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from transformers import TrainingArguments
 from trl import SFTConfig, SFTTrainer
 from trl.data_utils import get_dataset_column_names
 from trl.trainer.utils import get_config_model_id
@@ -34,7 +37,7 @@ from trl.trainer.utils import get_config_model_id
 from trl_power.data import power_dataset_metadata, prompt_format, tokenize_prompt
 from trl_power.modeling import adapter_disabled, eos_token_ids, is_peft_model
 from trl_power.sampling import PowerSampler, PowerSamplingConfig
-from trl_power.trainers import POWER_PAPER
+from trl_power.trainers import POWER_PAPER, default_to_float32_without_bf16
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset, IterableDataset
@@ -42,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 # Columns that carry teacher completions, in any format SFTTrainer (or the exact-ids path) understands.
-_COMPLETION_COLUMNS = ("completion", "completion_ids", "text", "messages", "input_ids")
+_COMPLETION_COLUMNS = ("completion", "completion_ids", "text", "messages", "conversations", "input_ids")
 
 
 @dataclass
@@ -51,7 +54,9 @@ class PowerDistillConfig(SFTConfig):
     Configuration class for the [`PowerDistillTrainer`].
 
     Only the parameters specific to power self-distillation are listed; every [`~trl.SFTConfig`] parameter (data
-    handling, `completion_only_loss`, `packing` (off by default), `max_length`, `peft`...) passes through unchanged.
+    handling, `completion_only_loss`, `packing` (off by default), `max_length`, `peft`...) passes through unchanged,
+    except `bf16`: as TRL it defaults to `True`, but to `False` on a machine without a bf16-capable accelerator (where
+    transformers would refuse the config unless `use_cpu=True`).
 
     Parameters:
         > Parameters of the teacher
@@ -144,6 +149,7 @@ class PowerDistillConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        default_to_float32_without_bf16(self)
         if isinstance(self.sampling_config, PowerSamplingConfig):
             self.sampling_config = self.sampling_config.to_dict()
         super().__post_init__()  # parses a JSON string in `sampling_config`
@@ -209,12 +215,15 @@ def _derived_seed(*parts: int) -> int:
     )
 
 
-def validate_teacher_dataset(dataset: Any, name: str, online: bool, use_sampled_ids: bool = True) -> None:
+def validate_teacher_dataset(
+    dataset: Any, name: str, online: bool, use_sampled_ids: bool = True, formatted: bool = False
+) -> None:
     """Clear errors, before training, for data sets that cannot be distilled from.
 
-    Offline: there must be completions (a `completion`, `completion_ids`, `text`, `messages` or `input_ids` column), none
-    empty; online: a `prompt` column and no completions. A `weight` column must be finite, >= 0 and not all zero.
-    An `IterableDataset` is checked on its first example only.
+    Offline: there must be completions (a `completion`, `completion_ids`, `text`, `messages`, `conversations` or
+    `input_ids` column), or a `formatting_func` that makes the text (`formatted`); none may leave nothing to train on.
+    Online: a `prompt` column and no completions. A `weight` column must be finite, >= 0 and not all zero. An
+    `IterableDataset` is checked on its first example only.
     """
     from datasets import Dataset
 
@@ -229,7 +238,7 @@ def validate_teacher_dataset(dataset: Any, name: str, online: bool, use_sampled_
                 "sampling_config is set (online mode draws its own teacher samples). Remove them, or leave "
                 "sampling_config unset to distill from these completions."
             )
-    elif not has_completions:
+    elif not has_completions and not formatted:
         hint = (
             "it holds prompts only. Generate teacher completions with trl_power.generate_power_dataset, or set "
             "PowerDistillConfig(sampling_config=PowerSamplingConfig(...)) to sample them during training (online mode)."
@@ -365,20 +374,34 @@ class PowerDistillTrainer(SFTTrainer):
         train_dataset: Dataset | IterableDataset | None = None,
         eval_dataset: Any = None,
         processing_class: PreTrainedTokenizerBase | None = None,
+        compute_loss_func: Callable | None = None,
+        compute_metrics: Callable | None = None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (
             None,
             None,
         ),
+        optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
         quantization_config: Any = None,
         peft_config: PeftConfig | None = None,
+        formatting_func: Callable[[dict], str] | None = None,
         teacher_model: str | PreTrainedModel | None = None,
     ):
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = PowerDistillConfig(f"{model_name.split('/')[-1]}-PowerDistill")
+        elif isinstance(args, TrainingArguments) and not isinstance(args, PowerDistillConfig):
+            # As SFTTrainer does with a TrainingArguments: the same fields, the rest at PowerDistillConfig's defaults.
+            fields = {f.name for f in dataclasses.fields(PowerDistillConfig) if f.init}
+            values = {k: v for k, v in args.to_dict().items() if k in fields}
+            values["hub_token"] = args.hub_token  # to_dict hides it
+            args = PowerDistillConfig(**values)
         elif not isinstance(args, PowerDistillConfig):
-            raise TypeError(f"PowerDistillTrainer needs a PowerDistillConfig, got {type(args).__name__}.")
+            raise TypeError(
+                f"PowerDistillTrainer needs a PowerDistillConfig (or an SFTConfig / TrainingArguments to convert), got "
+                f"{type(args).__name__}."
+            )
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
 
@@ -388,7 +411,9 @@ class PowerDistillTrainer(SFTTrainer):
         except ValueError:  # no EOS known yet: the tokenizer SFTTrainer loads gives it
             self._eos_ids = []
         self._sampling_config = args.power_sampling_config
-        validate_teacher_dataset(train_dataset, "train", self._online, args.use_sampled_ids)
+        validate_teacher_dataset(
+            train_dataset, "train", self._online, args.use_sampled_ids, formatted=formatting_func is not None
+        )
         self._dataset_metadata = power_dataset_metadata(train_dataset)
         self._check_alpha(args)
         sampled_target = ((self._dataset_metadata or {}).get("sampling_config") or {}).get("finished_only")
@@ -402,7 +427,13 @@ class PowerDistillTrainer(SFTTrainer):
             eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset} if eval_dataset else {}
         )
         for key, dataset in eval_sets.items():
-            validate_teacher_dataset(dataset, key, online=False, use_sampled_ids=args.use_sampled_ids)
+            validate_teacher_dataset(
+                dataset,
+                key,
+                online=False,
+                use_sampled_ids=args.use_sampled_ids,
+                formatted=formatting_func is not None,
+            )
         self._weighted = "weight" in get_dataset_column_names(train_dataset) or self._online
         # non-uniform weights (particle sets), for the model card
         if self._online:
@@ -456,10 +487,15 @@ class PowerDistillTrainer(SFTTrainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
+            compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics,
             callbacks=callbacks,
             optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
             quantization_config=quantization_config,
             peft_config=peft_config,
+            formatting_func=formatting_func,
         )
         self.data_collator = _DistillCollator(self.data_collator)
         self._weighted_tokens_sum, self._rows_seen = 0.0, 0

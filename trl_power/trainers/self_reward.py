@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import warnings
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate.utils import gather
 from trl import RLOOConfig, RLOOTrainer
-from trl.trainer.utils import get_config_model_id
+from trl.trainer.utils import get_config_model_id, nanstd
 
 from trl_power.theory import alpha_to_beta, beta_to_alpha
-from trl_power.trainers import POWER_PAPER
+from trl_power.trainers import POWER_PAPER, default_to_float32_without_bf16
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset, IterableDataset
@@ -75,7 +74,8 @@ def resolve_alpha_beta(alpha: float | None, beta: float | None) -> tuple[float, 
     if beta is not None and (not math.isfinite(beta) or beta <= 0):
         raise ValueError(
             f"PowerSelfRewardConfig: beta must be a finite number > 0 (the KL coefficient; alpha = 1 + 1/beta), "
-            f"got beta={beta}. beta=0 would drop the KL term and the optimum would no longer be p_ref^alpha."
+            f"got beta={beta}. beta=0 would drop the KL term and the optimum would no longer be p_ref^alpha: for "
+            "reward maximisation without a KL term use trl.RLOOTrainer(beta=0); for a sharper target, a larger alpha."
         )
     if alpha is None and beta is None:
         alpha = DEFAULT_ALPHA
@@ -117,13 +117,23 @@ class PowerSelfRewardConfig(RLOOConfig):
         beta (`float`, *optional*):
             KL coefficient of the objective E_pi[r] - beta * KL(pi || p_ref); must be > 0. May be given instead of
             `alpha` (then `alpha = 1 + 1/beta`). Giving both is allowed only if they agree. Unlike RLOO, `beta=0` is
-            not allowed: without the KL term the optimum is a point mass, not p_ref^alpha.
+            refused: without the KL term the optimum is a point mass, not p_ref^alpha (for reward maximisation without
+            a KL term use `trl.RLOOTrainer` with `beta=0`; for a sharper target, a larger `alpha`).
         self_reward_weight (`float`, *optional*, defaults to `1.0`):
             Weight w of the self-reward in the total reward `w * log p_ref(y|x) + sum_i w_i * r_i(x, y)`; must be
             >= 0. With `w=0` and true reward functions this is plain KL-regularised RL towards p_ref.
         reward_weights (`list[float]`, *optional*):
-            Weights w_i of the true reward functions passed as `reward_funcs` (the self-reward is weighted by
-            `self_reward_weight`, not here). If `None`, every true reward has weight `1.0`.
+            As in RLOO: weights w_i of the reward functions passed as `reward_funcs` (the self-reward is weighted by
+            `self_reward_weight`, not here). If `None`, every reward has weight `1.0`.
+        finished_only (`bool`, *optional*, defaults to `False`):
+            Target p_ref^alpha over finished completions only (those that end with EOS within
+            `max_completion_length`). A cut completion then gets the reward -beta * `cut_log_penalty`, so the optimum
+            is p_ref^alpha * exp(-cut_log_penalty * 1{cut}), within a factor exp(-cut_log_penalty) of the
+            finished-only target. `False` (as RLOO trains on cut completions): the power of p_ref truncated at
+            `max_completion_length`, where a cut completion counts with the probability of its prefix.
+        cut_log_penalty (`float`, *optional*, defaults to `20.0`):
+            With `finished_only`: the log-factor by which the optimum down-weights a cut completion (reward penalty
+            beta * cut_log_penalty).
 
         > Parameters whose defaults differ from [`~trl.RLOOConfig`]
 
@@ -137,13 +147,13 @@ class PowerSelfRewardConfig(RLOOConfig):
             config: the default config then works on CPU.
 
     Settings of the parent that move the optimum away from p_ref^alpha are accepted but warned about at
-    construction (see [`PowerSelfRewardConfig.optimum_warnings`]): `normalize_advantages=True`,
-    `reward_clip_range`, off-policy reuse (`num_iterations > 1` or `steps_per_generation >
+    construction (see [`PowerSelfRewardConfig.optimum_warnings`]): `normalize_advantages=True`, off-policy reuse (`num_iterations > 1` or `steps_per_generation >
     gradient_accumulation_steps`, where the PPO clipping `epsilon` becomes active), a sampler that differs from pi
     (`temperature != 1`, `top_p < 1`, `top_k > 0`, `min_p`, `repetition_penalty != 1`, sampler-changing
     `generation_kwargs`, `vllm_structured_outputs_regex`), `mask_truncated_completions=True`,
     `sync_ref_model=True` and `disable_dropout=False`. The parent's defaults are already right: sequence-level
     reward and KL (no per-token mean), leave-one-out baseline, no std scaling, no length normalisation.
+    `reward_clip_range` clips the user's rewards only, as in RLOO (the self-reward is not clipped).
     """
 
     alpha: float | None = field(
@@ -173,6 +183,19 @@ class PowerSelfRewardConfig(RLOOConfig):
             "all true rewards have weight 1.0."
         },
     )
+    finished_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Target p_ref^alpha over finished completions only (cut ones get reward -beta * cut_log_penalty). "
+            "False: the power of p_ref truncated at max_completion_length, as RLOO trains on cut completions."
+        },
+    )
+    cut_log_penalty: float = field(
+        default=20.0,
+        metadata={
+            "help": "With finished_only: log-factor by which the optimum down-weights a cut completion."
+        },
+    )
     disable_dropout: bool = field(
         default=True,
         metadata={
@@ -183,11 +206,11 @@ class PowerSelfRewardConfig(RLOOConfig):
 
     def __post_init__(self):
         self.alpha, self.beta = resolve_alpha_beta(self.alpha, self.beta)
-        if self.bf16 is None and not self.fp16 and not self.use_cpu and not _bf16_accelerator_available():
-            # TRL turns bf16 on by default, and transformers then refuses to build the config on a machine without
-            # a bf16-capable accelerator unless `use_cpu=True`. Fall back to float32 there, so that the default
-            # config (and TRL's quick start) works on a CPU-only machine; explicit settings are left alone.
-            self.bf16 = False
+        default_to_float32_without_bf16(self)
+        if not math.isfinite(self.cut_log_penalty) or self.cut_log_penalty < 0:
+            raise ValueError(
+                f"PowerSelfRewardConfig: cut_log_penalty must be >= 0, got {self.cut_log_penalty}."
+            )
         if not math.isfinite(self.self_reward_weight) or self.self_reward_weight < 0:
             raise ValueError(
                 f"PowerSelfRewardConfig: self_reward_weight must be a finite number >= 0, got {self.self_reward_weight}."
@@ -211,11 +234,6 @@ class PowerSelfRewardConfig(RLOOConfig):
                 f"the gradient of KL(pi || {target}) but a rescaling of it by a random, sample-dependent factor that "
                 "blows up as the rewards become equal near the optimum. p_ref^alpha is still a fixed point, but "
                 "convergence to it is no longer guaranteed. Leave it False."
-            )
-        if self.reward_clip_range is not None:
-            out.append(
-                f"reward_clip_range={self.reward_clip_range} clips the total reward, self-reward log p_ref included: "
-                f"the optimum becomes p_ref * exp(clip(r)/beta) instead of {target}."
             )
         off_policy = (
             self.num_iterations > 1 or (self.steps_per_generation or 1) > self.gradient_accumulation_steps
@@ -256,8 +274,9 @@ class PowerSelfRewardConfig(RLOOConfig):
             out.append(message)
         if self.mask_truncated_completions:
             out.append(
-                "mask_truncated_completions=True drops truncated completions (their self-reward is NaN and their "
-                f"advantage 0): the target becomes {target} conditioned on ending within max_completion_length."
+                "mask_truncated_completions=True drops truncated completions from the loss: the probability of cutting "
+                "is then not trained at all, so the optimum is not a power distribution (neither the truncated nor "
+                "the finished-only one). For the finished-only target set finished_only=True instead."
             )
         if self.sync_ref_model:
             out.append(
@@ -273,27 +292,9 @@ class PowerSelfRewardConfig(RLOOConfig):
         return out
 
 
-def _bf16_accelerator_available() -> bool:
-    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
-
-    return is_torch_bf16_gpu_available() or is_torch_xla_available()
-
-
-class _SelfRewardFunc:
-    """The reward function TRL calls for the self-reward: log p_ref(y|x) of each local completion, read from the
-    reference pass the trainer has just run (a weak reference avoids a trainer <-> reward-function cycle)."""
-
-    def __init__(self, trainer: PowerSelfRewardTrainer):
-        self._trainer = weakref.ref(trainer)
-        self.__name__ = "self_reward"
-
-    def __call__(
-        self, prompts: list, completions: list, completion_ids: list[list[int]], **kwargs
-    ) -> list[float]:
-        trainer = self._trainer()
-        if trainer is None:  # pragma: no cover
-            raise RuntimeError("The PowerSelfRewardTrainer this self-reward belongs to no longer exists.")
-        return trainer._self_rewards_from_reference_pass(completion_ids)
+def no_reward(completions: list, **kwargs) -> list[float]:
+    """The reward function used when none is given: 0 for every completion (RLOO needs one)."""
+    return [0.0] * len(completions)
 
 
 class PowerSelfRewardTrainer(RLOOTrainer):
@@ -304,17 +305,20 @@ class PowerSelfRewardTrainer(RLOOTrainer):
         max_pi E_pi[log p_ref(y|x)] - beta * KL(pi || p_ref)   =>   pi* ∝ p_ref^(1 + 1/beta),   alpha = 1 + 1/beta.
 
     Per sequence this is REINFORCE on R = (1 + beta) log p_ref(y) - beta log pi(y), i.e. gradient descent on
-    KL(pi || p_alpha). The self-reward is the sum over the completion tokens (EOS included, padding excluded) of the
-    reference per-token log-probs that the KL term computes anyway: no extra forward pass. With a PEFT model (a
-    `peft_config`) the reference is the same weights with the adapter disabled: no second copy of the weights.
+    KL(pi || p_alpha). How: RLOO's sequence-level KL penalty -beta * sum_t (log pi - log p_ref) is computed against
+    the reference per-token log-probs scaled by (beta + w) / beta (w = `self_reward_weight`), which turns it into
+    -beta * sum_t log pi + (beta + w) * sum_t log p_ref: the KL to the unnormalised target p_ref^alpha. The self-reward
+    is therefore the reference pass RLOO runs anyway (EOS included, padding excluded): no extra forward pass, and
+    the user's reward functions, their weights, clipping and processing classes keep exactly RLOO's meaning. With a
+    PEFT model (a `peft_config`) the reference is the same weights with the adapter disabled: no second copy.
 
     Why [`~trl.RLOOTrainer`] and not [`~trl.GRPOTrainer`]: the estimator must keep p_ref^alpha as the exact optimum,
-    and RLOO's already does. RLOO puts the KL into the reward as a *sequence* sum, sum_t (log pi - log p_ref), uses
-    a leave-one-out baseline (unbiased), does not scale advantages by their std (`normalize_advantages=False`), and
-    its loss is a per-sequence mean with a sequence-level ratio (equal to 1 on-policy, so the PPO clipping never
-    binds). GRPO's defaults would each move the optimum: a per-token k3 KL added to the loss instead of the reward,
-    group-std scaling of advantages (`scale_rewards="group"`), token-level loss aggregation (`loss_type="dapo"`,
-    i.e. a length-weighted objective) and a group-mean baseline that includes the sample itself.
+    and RLOO's already does. RLOO puts the KL into the reward as a *sequence* sum, uses a leave-one-out baseline
+    (unbiased), does not scale advantages by their std (`normalize_advantages=False`), and its loss is a per-sequence
+    mean with a sequence-level ratio (equal to 1 on-policy, so the PPO clipping never binds). GRPO's defaults would
+    each move the optimum: a per-token k3 KL added to the loss instead of the reward, group-std scaling of
+    advantages (`scale_rewards="group"`), token-level loss aggregation (`loss_type="dapo"`, i.e. a length-weighted
+    objective) and a group-mean baseline that includes the sample itself.
 
     Example:
 
@@ -337,21 +341,25 @@ class PowerSelfRewardTrainer(RLOOTrainer):
             in [`~trl.RLOOTrainer`]: a PEFT model passed with an adapter already trained gets a frozen copy of that
             adapter as reference (TRL's "ref" adapter), so p_ref is then the adapted model.
         reward_funcs (`RewardFunc | list[RewardFunc]`, *optional*):
-            Optional true rewards, any form [`~trl.RLOOTrainer`] accepts. Combined with the self-reward as
-            `self_reward_weight * log p_ref + sum_i reward_weights[i] * r_i`. `None` (default): self-reward only.
+            Optional true rewards, any form [`~trl.RLOOTrainer`] accepts, weighted by `args.reward_weights` as in
+            RLOO. The total reward is `self_reward_weight * log p_ref + sum_i reward_weights[i] * r_i`. `None`
+            (default): self-reward only (a constant-zero reward function, `no_reward`, stands in for RLOO).
         args ([`PowerSelfRewardConfig`], *optional*):
             Configuration. If `None`, a default [`PowerSelfRewardConfig`] (alpha = 4) is used.
         train_dataset, eval_dataset, processing_class, reward_processing_classes, callbacks, optimizers,
         quantization_config, peft_config:
-            As in [`~trl.RLOOTrainer`]. `reward_processing_classes` refers to the true reward functions only.
+            As in [`~trl.RLOOTrainer`].
 
-    Logged each step, besides RLOO's metrics: `rewards/self_reward/mean` (and `/std`): E[log p_ref(y|x)];
-    `sequence_kl`: E[sum_t log pi - log p_ref] (RLOO's `kl` is a per-token mean); `alpha`: the exponent the settings
-    imply, 1 + self_reward_weight / beta; `objective`: E[total reward] - beta * sequence_kl (= -beta KL(pi || p_alpha)
-    + const without true rewards); and for each true reward `rewards/<name>/mean` and
+    Logged each step: RLOO's metrics with RLOO's meaning (`reward` and `rewards/<name>/*` are the user's reward
+    functions; `kl` is the per-token mean of log pi - log p_ref), and: `self_reward/mean` (and `/std`):
+    E[log p_ref(y|x)]; `total_reward/mean`: E[sum_i w_i r_i + self_reward_weight * log p_ref] (minus beta *
+    cut_log_penalty for cut completions with `finished_only`); `sequence_kl`: E[sum_t log pi - log p_ref];
+    `objective`: total reward - beta * sequence_kl (= -beta KL(pi || p_alpha) + const without true rewards);
+    `alpha`: the exponent the settings imply, 1 + self_reward_weight / beta; and for each true reward
     `rewards/<name>/cov_self_reward`, the covariance of r with log p_ref within each prompt's group of completions,
-    averaged over prompts (by DESIGN.md 1.2, d/d alpha E_{p_alpha}[r] = Cov_{p_alpha}(r, log p): a true reward rises
-    under sharpening when it is positive), plus `rewards/<name>/cov_self_reward_batch` over the whole batch.
+    averaged over prompts (d/d alpha E_{p_alpha}[r] = Cov_{p_alpha}(r, log p): a true reward rises under sharpening
+    when it is positive), plus `rewards/<name>/cov_self_reward_batch` over the whole batch. The completions table
+    gets a `self_reward` column.
     """
 
     _tag_names = ["trl", "rloo", "trl-power", "power-self-reward"]
@@ -381,82 +389,78 @@ class PowerSelfRewardTrainer(RLOOTrainer):
         elif not isinstance(args, PowerSelfRewardConfig):
             raise TypeError(
                 f"PowerSelfRewardTrainer needs a PowerSelfRewardConfig (which sets alpha/beta and checks the "
-                f"estimator settings), got {type(args).__name__}."
+                f"estimator settings), got {type(args).__name__}. An RLOOConfig's beta would set alpha = 1 + 1/beta "
+                "(21 for RLOO's default 0.05): build a PowerSelfRewardConfig with the same fields and the alpha you want."
             )
-
-        true_funcs = (
-            []
-            if reward_funcs is None
-            else list(reward_funcs)
-            if isinstance(reward_funcs, list)
-            else [reward_funcs]
-        )
-        if reward_processing_classes is None:
-            true_processing = [None] * len(true_funcs)
-        elif isinstance(reward_processing_classes, list):
-            true_processing = list(reward_processing_classes)
-        else:
-            true_processing = [reward_processing_classes]
-        if len(true_processing) != len(true_funcs):
-            raise ValueError(
-                f"The number of reward processing classes ({len(true_processing)}) must match the number of reward "
-                f"functions ({len(true_funcs)})."
-            )
-        true_weights = args.reward_weights
-        if true_weights is not None and len(true_weights) != len(true_funcs):
-            raise ValueError(
-                f"reward_weights has {len(true_weights)} entries but there are {len(true_funcs)} true reward "
-                f"functions (the self-reward is weighted by self_reward_weight, not by reward_weights)."
-            )
-
-        # The self-reward joins TRL's reward machinery as one more (last) reward function: TRL then gathers it
-        # across processes, combines it with the true rewards, builds the leave-one-out baselines over the gathered
-        # groups and logs it, exactly as for any reward. Its value is read from the reference pass (see
-        # `_get_per_token_logps_and_entropies`), so it costs no forward pass.
+        if reward_funcs is None or (isinstance(reward_funcs, list) and not reward_funcs):
+            if reward_processing_classes is not None:
+                raise ValueError("reward_processing_classes was given without reward functions.")
+            if args.reward_weights is not None:
+                raise ValueError("reward_weights was given without reward functions.")
+            reward_funcs = [no_reward]
         self._reference_capture: list[tuple[torch.nn.Module, torch.Tensor]] | None = None
-        self._local_sequence_kl: torch.Tensor | None = None
-        self.num_true_rewards = len(true_funcs)
-        # RLOO checks `reward_weights` against *all* reward functions, ours included; hide the user's weights for
-        # the parent's check and set the full weight vector right after.
-        args.reward_weights = None
-        try:
-            super().__init__(
-                model=model,
-                reward_funcs=[*true_funcs, _SelfRewardFunc(self)],
-                args=args,
-                train_dataset=train_dataset,
-                eval_dataset=eval_dataset,
-                processing_class=processing_class,
-                reward_processing_classes=[*true_processing, None],
-                callbacks=callbacks,
-                optimizers=optimizers,
-                quantization_config=quantization_config,
-                peft_config=peft_config,
-            )
-        finally:
-            args.reward_weights = true_weights
-        weights = [1.0] * len(true_funcs) if true_weights is None else [float(w) for w in true_weights]
-        self.reward_weights = torch.tensor([*weights, args.self_reward_weight], dtype=torch.float32)
+        self._local_cut: torch.Tensor | None = None
+        super().__init__(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+        )
+        self.num_true_rewards = 0 if self.reward_funcs == [no_reward] else len(self.reward_funcs)
 
-    # ----- the self-reward, read from the reference pass ------------------------------------------------------------
+    # ----- the power target, in RLOO's reference pass ---------------------------------------------------------------
+
+    @property
+    def reference_scale(self) -> float:
+        """(beta + w) / beta: the factor on log p_ref that turns RLOO's KL penalty into the KL to p_ref^alpha."""
+        return (self.beta + self.args.self_reward_weight) / self.beta
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         # Collect the no-grad scoring passes (policy "old" log-probs, then reference log-probs) of this batch.
         self._reference_capture = []
         try:
-            return super()._generate_and_score_completions(inputs)
+            output = super()._generate_and_score_completions(inputs)
+            self._restore_kl_metric(output)
+            return output
         finally:
             self._reference_capture = None
-            self._local_sequence_kl = None
+            self._local_cut = None
 
-    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
-        out = super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
-        if self._reference_capture is not None and not torch.is_grad_enabled():
-            self._reference_capture.append((model, out[0]))
-        return out
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+    ):
+        out = super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+        )
+        capture = self._reference_capture
+        if capture is None or torch.is_grad_enabled():
+            return out
+        capture.append((model, out[0]))
+        is_reference = model is self.ref_model if self.ref_model is not None else len(capture) == 2
+        if not is_reference:
+            return out
+        completion_ids = input_ids[:, -logits_to_keep:]
+        self._local_cut = ~torch.isin(
+            completion_ids, torch.tensor(self.eos_token_ids, device=input_ids.device)
+        ).any(1)
+        return (
+            power_target_logps(out[0], self.reference_scale, self._cut_log_penalty(), self._local_cut),
+            *out[1:],
+        )
+
+    def _cut_log_penalty(self) -> float:
+        return self.args.cut_log_penalty if self.args.finished_only else 0.0
 
     def _scoring_passes(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(policy, reference) per-token log-probs [B, C] of the local batch, from the passes RLOO just ran."""
+        """(policy, reference) per-token log-probs [B, C] of the local batch, from the passes RLOO just ran (the
+        reference as computed, before the scaling)."""
         entries = self._reference_capture
         if entries is None:
             raise RuntimeError(
@@ -476,9 +480,11 @@ class PowerSelfRewardTrainer(RLOOTrainer):
             )
         return pol[0], ref[0]
 
-    def _self_rewards_from_reference_pass(self, completion_ids: Sequence[Sequence[int]]) -> list[float]:
-        """log p_ref(y|x) = sum_t log p_ref(y_t | x, y_<t) over each local completion (EOS included, padding
-        excluded); also keeps the sequence KL sum_t (log pi - log p_ref) for logging."""
+    def _self_reward_and_kl(
+        self, completion_ids: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per local completion: log p_ref(y|x) = sum_t log p_ref(y_t | x, y_<t) (EOS included, padding excluded) and
+        the sequence KL sum_t (log pi - log p_ref)."""
         policy_lp, ref_lp = self._scoring_passes()
         if ref_lp.size(0) != len(completion_ids):
             raise RuntimeError(f"{ref_lp.size(0)} scored rows but {len(completion_ids)} completions.")
@@ -488,39 +494,48 @@ class PowerSelfRewardTrainer(RLOOTrainer):
         self_reward = torch.where(mask, ref_lp.float(), 0.0).sum(1)
         sequence_kl = torch.where(mask, policy_lp.float() - ref_lp.float(), 0.0).sum(1)
         if self.mask_truncated_completions:
-            # RLOO zeroes these rows' attention over the completion, so their reference log-probs are not
-            # log p_ref: mark them unscorable (NaN), which RLOO excludes from the baselines and gives advantage 0.
+            # RLOO zeroes these rows' completion mask, so neither term reaches their reward: not scored (NaN here).
             ends = {*self.eos_token_ids, self._tokenizer.pad_token_id}
             truncated = torch.tensor(
                 [len(c) > 0 and c[-1] not in ends for c in completion_ids], device=device
             )
             self_reward[truncated] = torch.nan
             sequence_kl[truncated] = torch.nan
-        self._local_sequence_kl = sequence_kl
-        return self_reward.tolist()
+        return self_reward, sequence_kl
 
     # ----- logging --------------------------------------------------------------------------------------------------
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self_reward, sequence_kl = self._self_reward_and_kl(completion_ids_list)
+        self._log_completion_extra("self_reward", self_reward.tolist())
+        cut = self._local_cut.float() if self._local_cut is not None else torch.zeros_like(self_reward)
         # All processes reach this point together (the parent has just gathered), so gathering here is safe.
-        sequence_kl = gather(self._local_sequence_kl)
+        gathered = gather(torch.stack([self_reward, sequence_kl, cut.to(self_reward.device)], 1))
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
-        self._log_power_metrics(mode, rewards_per_func, sequence_kl, num_generations)
+        self._log_power_metrics(mode, rewards_per_func, *gathered.unbind(1), num_generations)
         return rewards_per_func
 
     def _log_power_metrics(
-        self, mode: str, rewards_per_func: torch.Tensor, sequence_kl: torch.Tensor, num_generations: int
+        self,
+        mode: str,
+        rewards_per_func: torch.Tensor,
+        self_reward: torch.Tensor,
+        sequence_kl: torch.Tensor,
+        cut: torch.Tensor,
+        num_generations: int,
     ) -> None:
         metrics = self._metrics[mode]
-        self_reward = rewards_per_func[:, -1]
         weights = self.reward_weights.to(rewards_per_func.device)
-        total = (rewards_per_func * weights).nansum(1) - self.beta * torch.nan_to_num(sequence_kl)
-        total[torch.isnan(self_reward)] = torch.nan
+        user = (rewards_per_func * weights).nansum(1)
+        total = user + self.args.self_reward_weight * self_reward - self.beta * self._cut_log_penalty() * cut
+        metrics["self_reward/mean"].append(torch.nanmean(self_reward).item())
+        metrics["self_reward/std"].append(nanstd(self_reward).item())
+        metrics["total_reward/mean"].append(torch.nanmean(total).item())
         metrics["sequence_kl"].append(torch.nanmean(sequence_kl).item())
         metrics["alpha"].append(self.args.implied_alpha)
-        metrics["objective"].append(torch.nanmean(total).item())
+        metrics["objective"].append(torch.nanmean(total - self.beta * torch.nan_to_num(sequence_kl)).item())
         for i in range(self.num_true_rewards):
             name = self.reward_func_names[i]
             r = rewards_per_func[:, i]
@@ -530,6 +545,34 @@ class PowerSelfRewardTrainer(RLOOTrainer):
             metrics[f"rewards/{name}/cov_self_reward_batch"].append(
                 grouped_covariance(r, self_reward, r.numel())
             )
+
+    def _restore_kl_metric(self, output: dict[str, Any]) -> None:
+        """RLOO logged `kl` against the scaled reference; put back its meaning, the per-token mean of
+        log pi - log p_ref over the completion tokens of all processes."""
+        mode = "train" if self.model.training else "eval"
+        kl_values = self._metrics[mode].get("kl")
+        if not kl_values or self._reference_capture is None or len(self._reference_capture) != 2:
+            return
+        policy_lp, ref_lp = self._scoring_passes()
+        mask = output["completion_mask"].float()
+        stats = self.accelerator.reduce(
+            torch.stack([((policy_lp - ref_lp) * mask).sum(), mask.sum()]), reduction="sum"
+        )
+        kl_values[-1] = (stats[0] / stats[1].clamp(min=1.0)).item()
+
+
+def power_target_logps(
+    ref_logps: torch.Tensor, scale: float, cut_log_penalty: float, cut: torch.Tensor
+) -> torch.Tensor:
+    """The per-token "reference" log-probs that make RLOO's KL penalty the KL to the power target: scale * log p_ref,
+    and -cut_log_penalty added on the first completion token of a cut completion (finished-only target). RLOO sums
+    them over the completion mask, so -beta * sum_t (log pi - target) = -beta * log pi + (beta + w) * log p_ref -
+    beta * cut_log_penalty * 1{cut}."""
+    target = ref_logps * scale
+    if cut_log_penalty:
+        target = target.clone()
+        target[:, 0] = target[:, 0] - cut_log_penalty * cut.to(target.dtype)
+    return target
 
 
 def grouped_covariance(x: torch.Tensor, y: torch.Tensor, group_size: int) -> float:
@@ -546,4 +589,11 @@ def grouped_covariance(x: torch.Tensor, y: torch.Tensor, group_size: int) -> flo
     return float(cov[keep].mean()) if keep.any() else math.nan
 
 
-__all__ = ["PowerSelfRewardConfig", "PowerSelfRewardTrainer", "resolve_alpha_beta", "grouped_covariance"]
+__all__ = [
+    "PowerSelfRewardConfig",
+    "PowerSelfRewardTrainer",
+    "grouped_covariance",
+    "no_reward",
+    "power_target_logps",
+    "resolve_alpha_beta",
+]

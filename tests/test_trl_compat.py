@@ -1,0 +1,358 @@
+"""Drop-in for real: TRL's own RLOOTrainer and SFTTrainer test cases, restated with our classes swapped in.
+
+Each test below restates a test of TRL's `tests/test_rloo_trainer.py` or `tests/test_sft_trainer.py` (TRL main of
+2026-07; the test names are TRL's) with `RLOOTrainer`/`RLOOConfig` replaced by `PowerSelfRewardTrainer`/
+`PowerSelfRewardConfig` and `SFTTrainer`/`SFTConfig` by `PowerDistillTrainer`/`PowerDistillConfig`, and everything
+else as TRL wrote it: the same arguments, the same assertions. What is not TRL's is the harness: no Hub here, so the
+models are tiny Llama stand-ins built offline (a causal LM and two sequence-classification reward models, each saved
+with a word-level tokenizer that has a chat template) and `zen` is a local data set of the same formats. Llama rather
+than the Qwen2 the tests name: `AutoTokenizer` reloads a word-level tokenizer saved next to a Qwen2 config as a
+`Qwen2Tokenizer`, which mangles it (tiny_models.py). A TRL upgrade that breaks the drop-in fails here.
+
+The one intended difference, kept and tested: `beta=0` is refused (no power optimum without the KL term); the error
+says what to use instead (docs/self_reward.md lists it).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForSequenceClassification, TrainingArguments
+
+from trl_power import PowerDistillConfig, PowerDistillTrainer, PowerSelfRewardConfig, PowerSelfRewardTrainer
+from trl_power.tiny_models import build_model, build_tokenizer
+
+WORDS = (
+    "the sky is blue water wet fire hot grass green snow cold sun bright user assistant ### Chosen: Rejected:"
+)
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}assistant {% endif %}"
+)
+FACTS = [
+    "the sky is blue",
+    "water is wet",
+    "fire is hot",
+    "grass is green",
+    "snow is cold",
+    "the sun is bright",
+]
+
+
+def tokenizer():
+    tok = build_tokenizer(WORDS.split())
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """Local stand-ins for the Hub ids the TRL tests use."""
+    root = tmp_path_factory.mktemp("hub")
+    tok = tokenizer()
+    paths = {}
+    lm = build_model(len(tok), seed=0, arch="llama", hidden_size=16, num_heads=2, initializer_range=0.2)
+    paths["causal_lm"] = root / "tiny-CausalLM"
+    lm.save_pretrained(paths["causal_lm"])
+    tok.save_pretrained(paths["causal_lm"])
+    for k, name in enumerate(("tiny-SequenceClassification", "tiny-SequenceClassification-2")):
+        torch.manual_seed(k)
+        config = LlamaConfig(
+            vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        )  # fmt: skip
+        paths[name] = root / name
+        LlamaForSequenceClassification(config).save_pretrained(paths[name])
+        tok.save_pretrained(paths[name])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def zen(config_name: str) -> DatasetDict:
+    """The formats of trl-internal-testing/zen used below, with the stand-in vocabulary."""
+    if config_name == "standard_prompt_only":
+        rows = {"prompt": [f.rsplit(" ", 1)[0] for f in FACTS]}
+    elif config_name == "conversational_prompt_only":
+        rows = {"prompt": [[{"role": "user", "content": f.rsplit(" ", 1)[0]}] for f in FACTS]}
+    elif config_name == "standard_language_modeling":
+        rows = {"text": FACTS}
+    elif config_name == "conversational_language_modeling":
+        rows = {
+            "messages": [
+                [
+                    {"role": "user", "content": f.rsplit(" ", 1)[0]},
+                    {"role": "assistant", "content": f.split()[-1]},
+                ]
+                for f in FACTS
+            ]
+        }
+    elif config_name == "standard_implicit_prompt_preference":
+        rows = {"chosen": FACTS, "rejected": FACTS[1:] + FACTS[:1]}
+    else:
+        raise KeyError(config_name)
+    train = Dataset.from_dict(rows)
+    return DatasetDict({"train": train, "test": train.select(range(3))})
+
+
+def assert_params_changed(previous: dict, model) -> None:
+    for n, param in previous.items():
+        assert not torch.equal(param, model.get_parameter(n)), f"Parameter {n} has not changed."
+
+
+# ----- RLOO -----------------------------------------------------------------------------------------------------------
+
+
+def rloo_args(tmp_path, **kwargs) -> PowerSelfRewardConfig:
+    defaults = dict(
+        output_dir=str(tmp_path),
+        learning_rate=0.1,
+        per_device_train_batch_size=3,
+        num_generations=3,
+        max_completion_length=8,
+        report_to="none",
+    )
+    return PowerSelfRewardConfig(**{**defaults, **kwargs})
+
+
+def test_init_minimal(hub):
+    PowerSelfRewardTrainer(
+        model=hub["causal_lm"],
+        reward_funcs=hub["tiny-SequenceClassification"],
+        train_dataset=zen("standard_prompt_only")["train"],
+    )
+
+
+@pytest.mark.parametrize("config_name", ["standard_prompt_only", "conversational_prompt_only"])
+def test_train_dataset_format(hub, tmp_path, config_name):
+    trainer = PowerSelfRewardTrainer(
+        model=hub["causal_lm"],
+        reward_funcs=hub["tiny-SequenceClassification"],
+        args=rloo_args(tmp_path),
+        train_dataset=zen(config_name)["train"],
+    )
+    previous = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.log_history[-1]["train_loss"] is not None
+    assert_params_changed(previous, trainer.model)
+
+
+def test_train_with_eval(hub, tmp_path):
+    dataset = zen("standard_prompt_only")
+    trainer = PowerSelfRewardTrainer(
+        model=hub["causal_lm"],
+        reward_funcs=hub["tiny-SequenceClassification"],
+        args=rloo_args(tmp_path, per_device_eval_batch_size=3, eval_strategy="steps", eval_steps=2),
+        train_dataset=dataset["train"],
+        eval_dataset=dataset["test"],
+    )
+    trainer.train()
+
+
+def test_train_peft_config(hub, tmp_path):
+    from peft import LoraConfig
+
+    model = AutoModelForCausalLM.from_pretrained(hub["causal_lm"], dtype="float32")
+    base_param_names = [f"base_model.model.{n}" for n, _ in model.named_parameters()]
+    trainer = PowerSelfRewardTrainer(
+        model=model,
+        reward_funcs=hub["tiny-SequenceClassification"],
+        args=rloo_args(tmp_path),
+        train_dataset=zen("standard_prompt_only")["train"],
+        peft_config=LoraConfig(),
+    )
+    previous = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.log_history[-1]["train_loss"] is not None
+    for n, param in previous.items():
+        new_param = trainer.model.get_parameter(n)
+        if n in base_param_names:
+            torch.testing.assert_close(param, new_param, msg=f"Parameter {n} has changed.")
+        elif "base_layer" not in n:
+            assert not torch.equal(param, new_param), f"Parameter {n} has not changed."
+
+
+def test_reward_metric_reflects_reward_weights(hub, tmp_path):
+    """The logged 'reward' is the user's weighted reward, as in RLOO (the self-reward has its own metric)."""
+
+    def constant_reward_1(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    def constant_reward_0(completions, **kwargs):
+        return [0.0] * len(completions)
+
+    trainer = PowerSelfRewardTrainer(
+        model=hub["causal_lm"],
+        reward_funcs=[constant_reward_1, constant_reward_0],
+        args=rloo_args(tmp_path, reward_weights=[0.7, 0.3]),
+        train_dataset=zen("standard_prompt_only")["train"],
+    )
+    trainer.train()
+    log = trainer.state.log_history[-1]
+    assert abs(log["reward"] - 0.7) < 1e-5, log["reward"]
+    assert log["self_reward/mean"] < 0 and "total_reward/mean" in log
+
+
+def test_train_with_clipped_rewards(hub, tmp_path):
+    trainer = PowerSelfRewardTrainer(
+        model=hub["causal_lm"],
+        reward_funcs=hub["tiny-SequenceClassification"],
+        args=rloo_args(tmp_path, reward_clip_range=(-1, 1)),
+        train_dataset=zen("standard_prompt_only")["train"],
+    )
+    previous = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.log_history[-1]["train_loss"] is not None
+    assert_params_changed(previous, trainer.model)
+
+
+def test_warning_raised_all_rewards_none(hub, tmp_path, caplog):
+    def always_none_reward_func(completions, **kwargs):
+        return [None] * len(completions)
+
+    trainer = PowerSelfRewardTrainer(
+        model=hub["causal_lm"],
+        reward_funcs=always_none_reward_func,
+        args=rloo_args(tmp_path),
+        train_dataset=zen("standard_prompt_only")["train"],
+    )
+    with caplog.at_level(logging.WARNING, logger="trl.trainer.rloo_trainer"):
+        trainer.train()
+    assert "All reward functions returned None for the following kwargs:" in caplog.text
+
+
+def test_correct_reward_processing_classes_list(hub, tmp_path):
+    reward_models = [hub["tiny-SequenceClassification"], hub["tiny-SequenceClassification-2"]]
+    processing_classes = [tokenizer(), tokenizer()]
+    trainer = PowerSelfRewardTrainer(
+        model=hub["causal_lm"],
+        reward_funcs=reward_models,
+        reward_processing_classes=processing_classes,
+        args=PowerSelfRewardConfig(output_dir=str(tmp_path), report_to="none"),
+        train_dataset=zen("standard_prompt_only")["train"],
+    )
+    assert len(trainer.reward_processing_classes) == len(reward_models)
+
+
+def test_single_reward_model_with_single_processing_class(hub, tmp_path):
+    single = tokenizer()
+    trainer = PowerSelfRewardTrainer(
+        model=hub["causal_lm"],
+        reward_funcs=hub["tiny-SequenceClassification"],
+        reward_processing_classes=single,
+        args=PowerSelfRewardConfig(output_dir=str(tmp_path), report_to="none"),
+        train_dataset=zen("standard_prompt_only")["train"],
+    )
+    assert len(trainer.reward_processing_classes) == 1
+    assert trainer.reward_processing_classes[0] == single
+
+
+def test_train_beta_zero_is_refused_with_what_to_do_instead(tmp_path):
+    """TRL's test_train_beta_zero trains with beta=0; here that is the intended difference: without the KL term the
+    optimum is a point mass, not p_ref^alpha."""
+    with pytest.raises(ValueError, match="beta=0.*RLOOTrainer"):
+        rloo_args(tmp_path, beta=0.0)
+
+
+# ----- SFT ------------------------------------------------------------------------------------------------------------
+
+
+def test_init_with_training_arguments(hub, tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = PowerDistillTrainer(
+        model=hub["causal_lm"], args=args, train_dataset=zen("standard_language_modeling")["train"]
+    )
+    assert isinstance(trainer.args, PowerDistillConfig) and trainer.args.output_dir == str(tmp_path)
+
+
+def test_train(hub, tmp_path):
+    trainer = PowerDistillTrainer(
+        model=hub["causal_lm"],
+        args=PowerDistillConfig(output_dir=str(tmp_path), learning_rate=0.1, report_to="none"),
+        train_dataset=zen("standard_language_modeling")["train"],
+    )
+    previous = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.log_history[-1]["train_loss"] is not None
+    assert_params_changed(previous, trainer.model)
+
+
+def test_train_with_formatting_func(hub, tmp_path):
+    def formatting_prompts_func(example):
+        chosen, rejected = example["chosen"], example["rejected"]
+        return f"### Chosen: {chosen}\n### Rejected: {rejected}"
+
+    trainer = PowerDistillTrainer(
+        model=hub["causal_lm"],
+        args=PowerDistillConfig(output_dir=str(tmp_path), report_to="none"),
+        train_dataset=zen("standard_implicit_prompt_preference")["train"],
+        formatting_func=formatting_prompts_func,
+    )
+    previous = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.log_history[-1]["train_loss"] is not None
+    assert_params_changed(previous, trainer.model)
+
+
+def test_train_with_non_chatml_conversational_data(hub, tmp_path):
+    dataset = zen("conversational_language_modeling")["train"]
+
+    def rename_fields(example: list[dict]):
+        return {"conversations": [{"from": m["role"], "value": m["content"]} for m in example["messages"]]}
+
+    dataset = dataset.map(rename_fields, remove_columns="messages")
+    trainer = PowerDistillTrainer(
+        model=hub["causal_lm"],
+        args=PowerDistillConfig(output_dir=str(tmp_path), report_to="none"),
+        train_dataset=dataset,
+        processing_class=tokenizer(),
+    )
+    previous = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.log_history[-1]["train_loss"] is not None
+    assert_params_changed(previous, trainer.model)
+
+
+def test_train_with_compute_metrics(hub, tmp_path):
+    dataset = zen("standard_language_modeling")
+
+    def dummy_compute_metrics(eval_pred):
+        return {"my_metric": 0.123}
+
+    trainer = PowerDistillTrainer(
+        model=hub["causal_lm"],
+        args=PowerDistillConfig(
+            output_dir=str(tmp_path),
+            eval_strategy="steps",
+            eval_steps=3,
+            report_to="none",
+            per_device_train_batch_size=2,
+        ),  # fmt: skip
+        train_dataset=dataset["train"],
+        eval_dataset=dataset["test"],
+        compute_metrics=dummy_compute_metrics,
+    )
+    trainer.train()
+    assert trainer.state.log_history[-2]["eval_my_metric"] == 0.123
+
+
+def test_train_peft_config_sft(hub, tmp_path):
+    from peft import LoraConfig
+
+    model = AutoModelForCausalLM.from_pretrained(hub["causal_lm"], dtype="float32")
+    base_param_names = [f"base_model.model.{n}" for n, _ in model.named_parameters()]
+    trainer = PowerDistillTrainer(
+        model=model,
+        args=PowerDistillConfig(output_dir=str(tmp_path), learning_rate=0.1, report_to="none"),
+        train_dataset=zen("standard_language_modeling")["train"],
+        peft_config=LoraConfig(),
+    )
+    previous = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    for n, param in previous.items():
+        new_param = trainer.model.get_parameter(n)
+        if n in base_param_names:
+            torch.testing.assert_close(param, new_param, msg=f"Parameter {n} has changed.")
+        elif "base_layer" not in n:
+            assert not torch.equal(param, new_param), f"Parameter {n} has not changed."
