@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -35,3 +37,13 @@ def trap_model():
 def wide_model():
     """A larger-vocabulary random model for long chains (cache-equality and batching tests)."""
     return build_model(12, seed=1, initializer_range=0.2, max_position_embeddings=128)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The table of tests/test_mutations.py: each wrong variant of the maths and the check that caught it."""
+    caught = getattr(sys.modules.get("test_mutations"), "CAUGHT", None)
+    if caught:
+        terminalreporter.write_sep("-", "mutations caught (tests/test_mutations.py)")
+        width = max(len(m) for m in caught)
+        for mutation, check in sorted(caught.items()):
+            terminalreporter.write_line(f"{mutation:<{width}}  <- {check}")

@@ -65,15 +65,19 @@ def reference_target() -> dict[tuple[int, ...], float]:
     return target
 
 
-@pytest.fixture(scope="module")
-def reference_dir(tmp_path_factory) -> Path:
+def save_reference(path: Path) -> Path:
+    """The reference model (fitted to `reference_target`) and its tokenizer, saved to `path`."""
     tokenizer = build_tokenizer(WORDS, with_pad=False)
     model = build_model(vocab_size=len(tokenizer), seed=0, arch="llama")
     fit_to_distribution(model, PROMPT_IDS, reference_target(), steps=100)
-    path = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def reference_dir(tmp_path_factory) -> Path:
+    return save_reference(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def load_reference(path: Path) -> torch.nn.Module:
