@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from trl_power.sampling.engine import proposal_logprobs
+from trl_power.sampling.transformers_engine import proposal_logprobs
 
 MUTATIONS = ("none", "no_length_correction", "no_proposal_correction", "alpha_minus_one")
 

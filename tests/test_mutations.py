@@ -73,19 +73,27 @@ def test_sir_weight_mutations(monkeypatch, random_model, variant):
     assert_caught(f"SIR weight: {variant}", check, random_model, "sir", 0.5, False)
 
 
-@pytest.mark.parametrize(
-    "variant", ["alpha_minus_one", "no_proposal_correction", "finished_particles_still_weighted"]
-)
+@pytest.mark.parametrize("variant", ["alpha_minus_one", "no_proposal_correction"])
 def test_smc_increment_mutations(monkeypatch, random_model, variant):
     from test_sampling_exactness import test_weighted_particles_are_unbiased as check
 
     def wrong(logw, alpha, logp, logq, live):
         a = alpha - 1 if variant == "alpha_minus_one" else alpha
         inc = a * logp - (0.0 if variant == "no_proposal_correction" else logq)
-        return logw + (inc if variant == "finished_particles_still_weighted" else np.where(live, inc, 0.0))
+        return logw + np.where(live, inc, 0.0)
 
     monkeypatch.setattr(smc, "update_log_weights", wrong)
     assert_caught(f"SMC weight: {variant}", check, random_model, "smc", 1.0, False)
+
+
+def test_smc_finished_particles_keep_decoding(monkeypatch, random_model):
+    """A particle that emitted EOS treated as live: it keeps drawing tokens and weights."""
+    from test_sampling_exactness import test_weighted_particles_are_unbiased as check
+
+    monkeypatch.setattr(smc, "still_decoding", lambda live, new_tokens, eos_ids: live)
+    assert_caught(
+        "SMC: finished particles keep decoding and weighting", check, random_model, "smc", 1.0, False
+    )
 
 
 def test_smc_no_weight_reset(monkeypatch, random_model):

@@ -136,6 +136,8 @@ def unbiasedness_pvalue(model, out, alpha: float, finished_only: bool, runs: int
     z = np.exp(np.array(out.log_z))
     phi = np.zeros((runs, len(comps)))
     w = np.array(out.weights).reshape(runs, particles)
+    outside = [c for c in out.completion_ids if tuple(c) not in index]
+    assert not outside, f"completions that are no answer of at most {T} tokens: {outside[:3]}"
     for k, c in enumerate(out.completion_ids):
         r = k // particles
         phi[r, index[tuple(c)]] += z[r] * w[r, k % particles]

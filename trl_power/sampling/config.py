@@ -53,7 +53,11 @@ class PowerSamplingConfig:
             was found returns a cut one, flagged in `PowerSamplingOutput.finished` and counted in
             `stats["runs_without_finished"]`. Ignored by `temperature` and `low_temperature` (no target).
         num_particles: Particles per prompt for SMC, proposals per prompt for SIR.
-        ess_threshold: SMC resamples (systematically) a prompt's particles when ESS < ess_threshold * N.
+        ess_threshold: SMC resamples (systematically) a run's particles still decoding, m of them, when their
+            ESS < ess_threshold * m.
+        resample_interval: SMC advances every particle this many tokens between resampling checks (1: after
+            every token; Power-SMC checks every 64-128 tokens, which on the vLLM engine means one generate call
+            per interval instead of per token). The weights carry the product over the interval: any value is exact.
         return_all_particles: SMC/SIR: return the whole weighted particle set (with `weights`) instead of
             one resampled completion per run.
         num_samples_per_prompt: Independent power samples per prompt (independent chains / runs).
@@ -77,6 +81,7 @@ class PowerSamplingConfig:
     finished_only: bool = True
     num_particles: int = 16
     ess_threshold: float = 0.5
+    resample_interval: int = 1
     return_all_particles: bool = False
     num_samples_per_prompt: int = 1
     batch_size: int = 8
@@ -107,6 +112,8 @@ class PowerSamplingConfig:
             raise ValueError(f"mh_suffix_rule must be one of {MH_SUFFIX_RULES}, got {self.mh_suffix_rule!r}")
         if self.num_particles < 1 or self.num_samples_per_prompt < 1 or self.batch_size < 1:
             raise ValueError("num_particles, num_samples_per_prompt and batch_size must be >= 1")
+        if self.resample_interval < 1:
+            raise ValueError(f"resample_interval must be >= 1, got {self.resample_interval}")
         if not 0 <= self.ess_threshold <= 1:
             raise ValueError(f"ess_threshold must be in [0, 1], got {self.ess_threshold}")
 

@@ -1,249 +1,38 @@
-"""The decoding engine every sampler runs on: a batched KV-cache state with per-row random streams.
+"""The backend interface every sampler is written against, and what it shares between engines.
 
-`DecodeState` holds, for each row (a chain or particle), the KV cache of its sequence *except the last
-token*, plus that last token (`pending`). One `advance` feeds the pending tokens (one forward pass, one
-token per row), returns next-token logits, and the caller samples the next pending token. Keeping the
-last token out of the cache makes every operation uniform: a prompt, a finished block and an MH cut point
-all become "cache of the prefix + one pending token", so an MH proposal from cut point i re-feeds exactly
-one token (seq[i-1]) and never re-reads its prefix.
+A sampler holds *rows* (chains, particles, proposals): each row is a token sequence, prompt + generated so far,
+`rows.tokens[b]`. An engine does three things with them:
 
-Rows live in one left-padded cache; positions come from per-row counters, so rows of different lengths
-share a batch. Selecting, truncating and merging rows only gathers cached keys/values (memory moves, no
-forward passes); gaps left by finished rows are squeezed out by `compact`.
+- `start(prompts, row_to_prompt)`: rows holding the prompts (row b = prompt row_to_prompt[b]);
+- `extend(rows, rng, max_steps, temperature, top_k, top_p)`: continue every row b by up to max_steps[b] tokens drawn
+  from the proposal q ∝ p^(1/temperature) (top-k / top-p truncated), stopping a row at EOS; returns the extended
+  rows and, per row, the new tokens with their per-token log p (the base model) and log q (the proposal actually
+  sampled from);
+- `score(prompts, completions)`: per-token log p of given completions.
+
+Rows are rearranged without any model call: `rows.select(idx)` (repeats allowed: resampling), `rows.truncate(idx,
+lengths)` (an MH cut point: the first lengths[b] tokens of row idx[b]), `rows.replace(idx, other)`. Two engines
+implement this: `TransformersEngine` (transformers_engine.py: the project's own batched decode loop, a KV cache per
+row that these operations gather) and `VLLMEngine` (vllm_engine.py: an offline `vllm.LLM`, rows are token lists and
+the prefix cache serves their shared prefixes). `make_engine(model, tokenizer)` picks the one for a model.
+
+Randomness: every random number of a run (row of a sampler's batch) comes from that run's generator (`RunRandom`),
+seeded by (seed, prompt index, sample index) (`chain_generator`), so results do not depend on batching.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
-
-from trl_power.modeling import call_model, model_device, output_cache
 
 
 def chain_generator(seed: int, prompt_index: int, sample_index: int) -> torch.Generator:
     """The random stream of chain `sample_index` of prompt `prompt_index` (independent of batching)."""
     state = np.random.SeedSequence([seed, prompt_index, sample_index]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def proposal_logprobs(
-    logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None
-) -> torch.Tensor:
-    """log q(v) for q ∝ softmax(logits / temperature) truncated to top-k / top-p (float32, -inf outside)."""
-    scores = logits / temperature
-    if top_k is not None and top_k < scores.shape[-1]:
-        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
-        cum = torch.softmax(sorted_scores, -1).cumsum(-1)
-        drop_sorted = (
-            cum - torch.softmax(sorted_scores, -1)
-        ) >= top_p  # keep the smallest set reaching top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        scores = scores.masked_fill(drop, float("-inf"))
-    return torch.log_softmax(scores, -1)
-
-
-def sample_from_logprobs(logq: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF draw: the first v with CDF(v) > u (float64 on CPU, so every backend draws alike)."""
-    probs = logq.double().exp().cpu()
-    cdf = probs.cumsum(-1)
-    u = u.to(cdf.dtype).unsqueeze(-1) * cdf[:, -1:]
-    idx = torch.searchsorted(cdf, u, right=True).squeeze(-1)
-    return idx.clamp(max=logq.shape[-1] - 1).to(logq.device)
-
-
-def check_finite(logits: torch.Tensor) -> None:
-    if not torch.isfinite(logits).all():
-        raise FloatingPointError(
-            "The model produced NaN/inf logits during sampling (check the dtype, the weights and the inputs)."
-        )
-
-
-class _GrowingLayer(DynamicLayer):
-    """A DynamicLayer that appends into a preallocated buffer (capacity doubles when full).
-
-    transformers' DynamicLayer concatenates on every step, copying the whole cache once per token (O(S^2)
-    memory traffic over a generation); decoding here appends one token per step, so writing in place
-    keeps it O(S)."""
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-            self._k = self._v = None
-            self._len = 0
-        n, add = self._len, key_states.shape[-2]
-        if self._k is None or n + add > self._k.shape[-2]:
-            cap = max(2 * (n + add), 64)
-            shape = (*key_states.shape[:-2], cap, key_states.shape[-1])
-            k = key_states.new_empty(shape)
-            v = value_states.new_empty((*value_states.shape[:-2], cap, value_states.shape[-1]))
-            if n:
-                k[..., :n, :] = self._k[..., :n, :]
-                v[..., :n, :] = self._v[..., :n, :]
-            self._k, self._v = k, v
-        self._k[..., n : n + add, :] = key_states
-        self._v[..., n : n + add, :] = value_states
-        self._len = n + add
-        self.keys, self.values = self._k[..., : self._len, :], self._v[..., : self._len, :]
-        return self.keys, self.values
-
-
-def _growing_cache(kv) -> DynamicCache:
-    cache = DynamicCache()
-    if kv is not None:
-        cache.layers = [_GrowingLayer() for _ in kv]
-        for layer, (k, v) in zip(cache.layers, kv):
-            layer.update(k, v)
-    else:
-        cache.layer_class_to_replicate = _GrowingLayer
-    return cache
-
-
-class DecodeState:
-    """KV cache of each row's sequence minus its last token, and that last (`pending`) token.
-
-    kv: per layer (keys, values), [B, H, S, D]; mask: [B, S] bool (live slots); positions: [B] (position
-    id of the pending token = number of live slots); pending: [B] token ids.
-    """
-
-    def __init__(self, kv, mask: torch.Tensor, positions: torch.Tensor, pending: torch.Tensor):
-        self.kv = kv
-        self._cache = None  # the DynamicCache holding `kv`, kept across `advance` calls (no re-copy per step)
-        self.mask = mask
-        self.positions = positions
-        self.pending = pending
-
-    @property
-    def batch_size(self) -> int:
-        return self.pending.shape[0]
-
-    # ----- building -------------------------------------------------------------------------------
-    @classmethod
-    def from_prompts(cls, model: torch.nn.Module, prompts: Sequence[Sequence[int]]) -> DecodeState:
-        """Prefill prompt[:-1] of every prompt (left-padded); the last prompt token becomes pending."""
-        device = model_device(model)
-        lens = [len(p) - 1 for p in prompts]
-        S = max(lens)
-        B = len(prompts)
-        pending = torch.tensor([p[-1] for p in prompts], dtype=torch.long, device=device)
-        positions = torch.tensor(lens, dtype=torch.long, device=device)
-        if S == 0:
-            return cls(None, torch.zeros((B, 0), dtype=torch.bool, device=device), positions, pending)
-        ids = torch.zeros((B, S), dtype=torch.long)
-        mask = torch.zeros((B, S), dtype=torch.bool)
-        for b, p in enumerate(prompts):
-            if lens[b]:
-                ids[b, S - lens[b] :] = torch.as_tensor(list(p[:-1]))
-                mask[b, S - lens[b] :] = True
-        ids, mask = ids.to(device), mask.to(device)
-        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = call_model(model, ids, mask.long(), pos, cache=DynamicCache(), logits_to_keep=1)
-        kv = [(layer.keys, layer.values) for layer in output_cache(out).layers]
-        return cls(kv, mask, positions, pending)
-
-    def advance(self, model: torch.nn.Module, active: torch.Tensor | None = None) -> torch.Tensor:
-        """Feed the pending token of every row (rows with active=False feed a masked slot); returns
-        next-token logits [B, V] (float32). The fed tokens join the cache; `pending` is left to the caller."""
-        B = self.batch_size
-        active = torch.ones(B, dtype=torch.bool, device=self.pending.device) if active is None else active
-        mask = torch.cat([self.mask, active[:, None]], dim=1)
-        if self._cache is None:
-            self._cache = _growing_cache(self.kv)
-        cache = self._cache
-        out = call_model(
-            model, self.pending[:, None], mask.long(), self.positions[:, None], cache=cache, logits_to_keep=1
-        )
-        self.kv = [(layer.keys, layer.values) for layer in output_cache(out).layers]
-        self.mask = mask
-        self.positions = self.positions + active.long()
-        logits = out.logits[:, -1].float()
-        check_finite(logits)
-        return logits
-
-    # ----- reshaping rows (memory moves only) -----------------------------------------------------
-    def _gather(self, rows: torch.Tensor, slots: torch.Tensor, slot_mask: torch.Tensor) -> DecodeState:
-        """New state whose row b holds old row rows[b]'s slots `slots[b]` (masked where slot_mask=False)."""
-        kv = None
-        if self.kv is not None and slots.shape[1] > 0:
-            kv = []
-            for k, v in self.kv:
-                H, D = k.shape[1], k.shape[3]
-                index = slots[:, None, :, None].expand(-1, H, -1, D)
-                kv.append((k[rows].gather(2, index), v[rows].gather(2, index)))
-        return DecodeState(kv, slot_mask, self.positions[rows].clone(), self.pending[rows].clone())
-
-    def truncate(self, rows: torch.Tensor, keep: torch.Tensor, pending: torch.Tensor) -> DecodeState:
-        """Rows `rows`, each keeping only its first `keep[b]` live slots (left-padded), with new pending
-        tokens. keep[b] must not exceed the row's live length."""
-        mask = self.mask[rows]
-        # live slots first, in order: stable sort on "is padding"
-        order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
-        W = int(keep.max()) if keep.numel() else 0
-        j = torch.arange(W, device=mask.device)[None, :]
-        offset = (W - keep)[:, None]
-        live = j >= offset
-        src = order.gather(1, (j - offset).clamp(min=0)) if W > 0 else order[:, :0]
-        src = torch.where(live, src, torch.zeros_like(src))
-        new = self._gather(rows, src, live)
-        new.positions = keep.clone()
-        new.pending = pending.clone()
-        return new
-
-    def select(self, rows: torch.Tensor) -> DecodeState:
-        """Rows `rows` (repeats allowed: SMC resampling, SIR fan-out)."""
-        return self.truncate(rows, self.mask[rows].sum(1), self.pending[rows])
-
-    def compact(self) -> DecodeState:
-        """The same rows with the gaps left by inactive steps squeezed out."""
-        return self.select(torch.arange(self.batch_size, device=self.pending.device))
-
-    def padded_to(self, width: int, template: DecodeState | None = None) -> DecodeState:
-        """Left-pad with masked slots to `width` (`template` gives cache shapes when this one is empty)."""
-        extra = width - self.mask.shape[1]
-        if extra <= 0:
-            return self
-        B = self.batch_size
-        mask = torch.cat([torch.zeros((B, extra), dtype=torch.bool, device=self.mask.device), self.mask], 1)
-        if self.kv is not None:
-            kv = [(_pad_left(k, extra), _pad_left(v, extra)) for k, v in self.kv]
-        else:
-            kv = [
-                (
-                    k.new_zeros((B, k.shape[1], width, k.shape[3])),
-                    v.new_zeros((B, v.shape[1], width, v.shape[3])),
-                )
-                for k, v in template.kv
-            ]
-        return DecodeState(kv, mask, self.positions, self.pending)
-
-    def replace_rows(self, rows: torch.Tensor, other: DecodeState) -> DecodeState:
-        """This state with rows `rows` replaced by the rows of `other` (in order)."""
-        if rows.numel() == 0:
-            return self
-        width = max(self.mask.shape[1], other.mask.shape[1])
-        a, b = self.padded_to(width, other), other.padded_to(width, self)
-        mask = a.mask.clone()
-        mask[rows] = b.mask
-        positions, pending = a.positions.clone(), a.pending.clone()
-        positions[rows], pending[rows] = b.positions, b.pending
-        kv = None
-        if a.kv is not None:
-            kv = []
-            for (ka, va), (kb, vb) in zip(a.kv, b.kv):
-                ka, va = ka.clone(), va.clone()
-                ka[rows], va[rows] = kb, vb
-                kv.append((ka, va))
-        return DecodeState(kv, mask, positions, pending)
-
-
-def _pad_left(x: torch.Tensor, extra: int) -> torch.Tensor:
-    return torch.nn.functional.pad(x, (0, 0, extra, 0))
 
 
 class RunRandom:
@@ -254,10 +43,12 @@ class RunRandom:
         self.generators = list(generators)
         self.run_of_row = list(run_of_row)
 
-    def uniforms(self, active: torch.Tensor, rows: Sequence[int] | None = None) -> torch.Tensor:
+    def uniforms(
+        self, active: torch.Tensor | Sequence[bool], rows: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """One U(0,1) per active row (0 for inactive rows), float64 on CPU. `rows` maps the given rows to
         this object's rows (an ordered subset, as left when finished rows drop out of a batch)."""
-        act = active.tolist()
+        act = active.tolist() if isinstance(active, torch.Tensor) else list(active)
         run_of_row = self.run_of_row if rows is None else [self.run_of_row[r] for r in rows]
         out = torch.zeros(len(act), dtype=torch.float64)
         start = 0
@@ -266,111 +57,86 @@ class RunRandom:
             end = start
             while end < len(act) and run_of_row[end] == run:
                 end += 1
-            rows = [r for r in range(start, end) if act[r]]
-            if rows:
-                out[rows] = torch.rand(len(rows), generator=self.generators[run], dtype=torch.float64)
+            picked = [r for r in range(start, end) if act[r]]
+            if picked:
+                out[picked] = torch.rand(len(picked), generator=self.generators[run], dtype=torch.float64)
             start = end
         return out
 
     def run_uniform(self, run: int, n: int = 1) -> torch.Tensor:
         return torch.rand(n, generator=self.generators[run], dtype=torch.float64)
 
+    def subset(self, rows: Sequence[int]) -> RunRandom:
+        """The streams of the given rows, as rows 0..len(rows)-1 (each its own run)."""
+        return RunRandom([self.generators[self.run_of_row[r]] for r in rows], range(len(rows)))
+
 
 class TokenCounter:
-    """Honest cost accounting: real tokens fed through the model (padding and masked slots not counted)."""
+    """Honest cost accounting: real tokens fed through the model (padding, masked slots and prefix-cache hits
+    not counted). `scoring_tokens`: tokens of the extra scoring passes an engine needs (vLLM, log p)."""
 
     def __init__(self) -> None:
         self.prefill_tokens = 0
         self.decode_tokens = 0
+        self.scoring_tokens = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
             "prefill_tokens": self.prefill_tokens,
             "decode_tokens": self.decode_tokens,
-            "tokens_forwarded": self.prefill_tokens + self.decode_tokens,
+            "scoring_tokens": self.scoring_tokens,
+            "tokens_forwarded": self.prefill_tokens + self.decode_tokens + self.scoring_tokens,
         }
 
 
-def prefill(
-    model: torch.nn.Module,
-    prompts: Sequence[Sequence[int]],
-    row_to_prompt: Sequence[int],
-    counter: TokenCounter,
-) -> DecodeState:
-    """Prefill each distinct prompt once, then fan it out to its rows (a cache copy, not a forward pass)."""
-    state = DecodeState.from_prompts(model, prompts)
-    counter.prefill_tokens += sum(len(p) - 1 for p in prompts)
-    return state.select(torch.as_tensor(list(row_to_prompt), dtype=torch.long, device=state.pending.device))
+class Rows(Protocol):
+    """Token sequences (prompt + generated) of a sampler's rows, with whatever state the engine keeps for them."""
+
+    tokens: list[list[int]]
+
+    def select(self, idx: Sequence[int]) -> Rows: ...
+
+    def truncate(self, idx: Sequence[int], lengths: Sequence[int]) -> Rows: ...
+
+    def replace(self, idx: Sequence[int], other: Rows) -> Rows: ...
 
 
-def sample_step(
-    model: torch.nn.Module,
-    state: DecodeState,
-    active: torch.Tensor,
-    rng: RunRandom,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    counter: TokenCounter,
-    rows: Sequence[int] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One decoding step: feed the pending tokens of the active rows, draw y ~ q from the new logits and make it
-    pending. Returns (y, log p(y), log q(y)), per row; inactive rows keep their pending token."""
-    logits = state.advance(model, active)
-    counter.decode_tokens += int(active.sum())
-    logp = torch.log_softmax(logits, -1)
-    logq = proposal_logprobs(logits, temperature, top_k, top_p)
-    token = sample_from_logprobs(logq, rng.uniforms(active, rows))
-    token = torch.where(active, token, state.pending)
-    state.pending = token
-    return token, logp.gather(1, token[:, None]).squeeze(1), logq.gather(1, token[:, None]).squeeze(1)
+class Engine(Protocol):
+    """What the samplers need from a model (see the module docstring)."""
+
+    eos_ids: list[int]
+    counter: TokenCounter
+
+    def start(self, prompts: Sequence[Sequence[int]], row_to_prompt: Sequence[int]) -> Rows: ...
+
+    def extend(
+        self,
+        rows: Rows,
+        rng: RunRandom,
+        max_steps: Sequence[int],
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+    ) -> tuple[Rows, list[list[int]], list[list[float]], list[list[float]]]: ...
+
+    def score(
+        self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]
+    ) -> list[list[float]]: ...
 
 
-def decode(
-    model: torch.nn.Module,
-    state: DecodeState,
-    rng: RunRandom,
-    max_steps: torch.Tensor,
-    eos_ids: Sequence[int],
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    counter: TokenCounter,
-) -> tuple[DecodeState, list[list[int]], list[list[float]], list[list[float]]]:
-    """Sample up to max_steps[b] tokens for row b from q ∝ p^(1/temperature) (top-k/top-p truncated),
-    stopping a row at EOS. Returns the new state (last token pending) and per row the tokens, their base
-    log-probs log p(y_t) and proposal log-probs log q(y_t), both read off the forward pass that sampled them.
+def is_vllm_llm(model: Any) -> bool:
+    """True for a `vllm.LLM` (checked without importing vLLM)."""
+    return type(model).__name__ == "LLM" and type(model).__module__.startswith("vllm")
 
-    Rows that are done drop out of the working batch once at most half of it is still active (one cache
-    gather), so finished rows stop costing forward compute."""
-    B = state.batch_size
-    device = state.pending.device
-    full, work = state, state
-    rows = torch.arange(B, device=device)  # work row -> row of `state`
-    max_steps = max_steps.to(device)
-    steps = torch.zeros(B, dtype=torch.long, device=device)
-    active = max_steps > 0
-    eos = torch.as_tensor(list(eos_ids), device=device)
-    out_t: list[list[int]] = [[] for _ in range(B)]
-    out_p: list[list[float]] = [[] for _ in range(B)]
-    out_q: list[list[float]] = [[] for _ in range(B)]
-    while bool(active.any()):
-        n_active = int(active.sum())
-        if work.batch_size >= 4 and 2 * n_active <= work.batch_size:
-            full = full.replace_rows(rows, work)
-            keep = active.nonzero().squeeze(1)
-            work, rows, active = work.select(keep), rows[keep], active[keep]
-            steps, max_steps = steps[keep], max_steps[keep]
-        token, lp, lq = sample_step(
-            model, work, active, rng, temperature, top_k, top_p, counter, rows.tolist()
-        )
-        lp, lq = lp.tolist(), lq.tolist()
-        for i, (r, a, t) in enumerate(zip(rows.tolist(), active.tolist(), token.tolist())):
-            if a:
-                out_t[r].append(t)
-                out_p[r].append(lp[i])
-                out_q[r].append(lq[i])
-        steps = steps + active.long()
-        active = active & (steps < max_steps) & ~torch.isin(token, eos)
-    full = full.replace_rows(rows, work) if work is not full else work
-    return full.compact(), out_t, out_p, out_q
+
+def make_engine(model: Any, tokenizer: Any, counter: TokenCounter | None = None) -> Engine:
+    """The engine for a model: `VLLMEngine` for a `vllm.LLM`, else `TransformersEngine` (any transformers causal LM,
+    PEFT included)."""
+    counter = counter if counter is not None else TokenCounter()
+    if is_vllm_llm(model):
+        from trl_power.sampling.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model, tokenizer, counter)
+    from trl_power.sampling.transformers_engine import TransformersEngine
+
+    return TransformersEngine(model, tokenizer, counter)

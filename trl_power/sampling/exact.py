@@ -10,20 +10,24 @@ import numpy as np
 import torch
 
 from trl_power.sampling.config import PowerSamplingConfig
-from trl_power.sampling.engine import TokenCounter
+from trl_power.sampling.engine import Engine
 from trl_power.sampling.sir import resample_index
 from trl_power.theory import exact_sequence_logprobs, finished_completions, normalise_log_weights
 
 
-def sample_exact(
-    model, prompts, run_prompt, generators, config: PowerSamplingConfig, eos_ids, counter: TokenCounter, stats
-):
+def sample_exact(engine: Engine, prompts, run_prompt, generators, config: PowerSamplingConfig, stats):
+    model = getattr(engine, "model", None)
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(
+            'method="exact" enumerates with a transformers model; it does not run on the vLLM engine.'
+        )
+    eos_ids = engine.eos_ids
     tables = {}
     for i in sorted(set(run_prompt)):
         logprobs, forwarded = exact_sequence_logprobs(
             model, None, prompts[i], config.max_new_tokens, config.exact_max_sequences, eos_ids=eos_ids
         )
-        counter.prefill_tokens += forwarded
+        engine.counter.prefill_tokens += forwarded
         if config.finished_only:
             logprobs = finished_completions(logprobs, eos_ids)
         keys = list(logprobs)

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import math
 
-import torch
 from tqdm.auto import tqdm
 
 from trl_power.sampling.config import PowerSamplingConfig
-from trl_power.sampling.engine import RunRandom, TokenCounter, decode, prefill
+from trl_power.sampling.engine import Engine, RunRandom
 
 
 def log_acceptance(
@@ -58,20 +57,16 @@ def log_acceptance(
     return log_a
 
 
-def sample_mh(
-    model, prompts, run_prompt, generators, config: PowerSamplingConfig, eos_ids, counter: TokenCounter, stats
-):
+def sample_mh(engine: Engine, prompts, run_prompt, generators, config: PowerSamplingConfig, stats):
     B = len(run_prompt)
-    device = next(model.parameters()).device
     tau, k, p = config.proposal_tau, config.top_k, config.top_p
     rule = config.mh_suffix_rule
-    eos_set = set(eos_ids)
+    eos_set = set(engine.eos_ids)
     rng = RunRandom(generators, range(B))
-    seqs = [list(prompts[i]) for i in run_prompt]  # prompt + generated
-    plen = [len(s) for s in seqs]
+    plen = [len(prompts[i]) for i in run_prompt]
     lps: list[list[float]] = [[] for _ in range(B)]
     lqs: list[list[float]] = [[] for _ in range(B)]
-    state = prefill(model, prompts, run_prompt, counter)
+    rows = engine.start(prompts, run_prompt)  # rows.tokens[b]: prompt + the chain's current answer
     done = [False] * B
     attempts = accepts = 0
     block = config.mh_block_size
@@ -82,32 +77,25 @@ def sample_mh(
         act = [b for b in range(B) if not done[b]]
         if not act:
             break
-        rows = torch.tensor(act, device=device)
         # 1) grow every live chain to the horizon (or EOS)
-        sub = state.select(rows)
-        steps = torch.tensor([horizon - (len(seqs[b]) - plen[b]) for b in act])
-        sub_rng = RunRandom([rng.generators[b] for b in act], range(len(act)))
-        sub, toks, lp, lq = decode(model, sub, sub_rng, steps, eos_ids, tau, k, p, counter)
+        sub_rng = rng.subset(act)
+        steps = [horizon - (len(rows.tokens[b]) - plen[b]) for b in act]
+        sub, _, lp, lq = engine.extend(rows.select(act), sub_rng, steps, tau, k, p)
         for j, b in enumerate(act):
-            seqs[b] += toks[j]
             lps[b] += lp[j]
             lqs[b] += lq[j]
-        state = state.replace_rows(rows, sub)
+        rows = rows.replace(act, sub)
+        # the finished-only target applies to the last block's answers
+        restrict = config.finished_only and horizon == config.max_new_tokens
         # 2) MH steps on every live chain
         for _ in range(config.mcmc_steps):
-            L = [len(seqs[b]) - plen[b] for b in act]
-            u_cut = sub_rng.uniforms(torch.ones(len(act), dtype=torch.bool))
+            L = [len(rows.tokens[b]) - plen[b] for b in act]
+            u_cut = sub_rng.uniforms([True] * len(act))
             cut = [min(int(u * n), n - 1) for u, n in zip(u_cut.tolist(), L)]
-            keep = torch.tensor([plen[b] + i - 1 for b, i in zip(act, cut)], device=device)
-            pending = torch.tensor([seqs[b][plen[b] + i - 1] for b, i in zip(act, cut)], device=device)
-            prop = state.truncate(rows, keep, pending)
+            prop = rows.truncate(act, [plen[b] + i for b, i in zip(act, cut)])
             target = [(horizon if rule == "horizon" else n) - i for n, i in zip(L, cut)]
-            # the finished-only target applies to the last block's answers
-            restrict = config.finished_only and horizon == config.max_new_tokens
-            prop, toks, lp, lq = decode(
-                model, prop, sub_rng, torch.tensor(target), eos_ids, tau, k, p, counter
-            )
-            u_acc = sub_rng.uniforms(torch.ones(len(act), dtype=torch.bool)).tolist()
+            prop, toks, lp, lq = engine.extend(prop, sub_rng, target, tau, k, p)
+            u_acc = sub_rng.uniforms([True] * len(act)).tolist()
             accepted = []
             for j, (b, i) in enumerate(zip(act, cut)):
                 log_a = log_acceptance(
@@ -119,21 +107,19 @@ def sample_mh(
                     lqs[b][i:],
                     rule,
                     new_in_target=not restrict or (bool(toks[j]) and toks[j][-1] in eos_set),
-                    old_in_target=not restrict or seqs[b][-1] in eos_set,
+                    old_in_target=not restrict or rows.tokens[b][-1] in eos_set,
                 )
                 attempts += 1
                 if (math.log(u_acc[j]) if u_acc[j] > 0 else -math.inf) < log_a:
                     accepts += 1
                     accepted.append(j)
-                    seqs[b] = seqs[b][: plen[b] + i] + toks[j]
                     lps[b] = lps[b][:i] + lp[j]
                     lqs[b] = lqs[b][:i] + lq[j]
             if accepted:
-                acc = torch.tensor(accepted, device=device)
-                state = state.replace_rows(rows[acc], prop.select(acc))
+                rows = rows.replace([act[j] for j in accepted], prop.select(accepted))
         for b in act:
-            gen = seqs[b][plen[b] :]
+            gen = rows.tokens[b][plen[b] :]
             done[b] = (gen and gen[-1] in eos_set) or len(gen) >= config.max_new_tokens
     stats["mh_attempts"] = stats.get("mh_attempts", 0) + attempts
     stats["mh_accepts"] = stats.get("mh_accepts", 0) + accepts
-    return [[(seqs[b][plen[b] :], sum(lps[b]), None)] for b in range(B)]
+    return [[(rows.tokens[b][plen[b] :], sum(lps[b]), None)] for b in range(B)]

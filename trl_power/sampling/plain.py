@@ -8,20 +8,14 @@ zeta(prefix) = E_{suffix~p}[p(suffix|prefix)^(alpha-1)] that per-token sharpenin
 
 from __future__ import annotations
 
-import torch
-
 from trl_power.sampling.config import PowerSamplingConfig
-from trl_power.sampling.engine import RunRandom, TokenCounter, decode, prefill
+from trl_power.sampling.engine import Engine, RunRandom
 
 
-def sample_plain(
-    model, prompts, run_prompt, generators, config: PowerSamplingConfig, eos_ids, counter: TokenCounter, stats
-):
+def sample_plain(engine: Engine, prompts, run_prompt, generators, config: PowerSamplingConfig, stats):
     temperature = config.temperature if config.method == "temperature" else 1.0 / config.alpha
-    state = prefill(model, prompts, run_prompt, counter)
+    rows = engine.start(prompts, run_prompt)
     rng = RunRandom(generators, range(len(run_prompt)))
-    steps = torch.full((len(run_prompt),), config.max_new_tokens)
-    _, toks, lps, _ = decode(
-        model, state, rng, steps, eos_ids, temperature, config.top_k, config.top_p, counter
-    )
+    steps = [config.max_new_tokens] * len(run_prompt)
+    _, toks, lps, _ = engine.extend(rows, rng, steps, temperature, config.top_k, config.top_p)
     return [[(t, sum(lp), None)] for t, lp in zip(toks, lps)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -10,9 +11,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from trl_power.modeling import context_length, continuation_texts, ensure_pad_token, eos_token_ids, eval_mode
+from trl_power.modeling import context_length, continuation_texts, ensure_pad_token, eval_mode
 from trl_power.sampling.config import PowerSamplingConfig, PowerSamplingOutput
-from trl_power.sampling.engine import TokenCounter, chain_generator
+from trl_power.sampling.engine import TokenCounter, chain_generator, is_vllm_llm, make_engine
 from trl_power.sampling.exact import sample_exact
 from trl_power.sampling.mh import sample_mh
 from trl_power.sampling.plain import sample_plain
@@ -30,7 +31,8 @@ _METHODS = {
 
 
 class PowerSampler:
-    """Samples completions from p_alpha(y|x) ∝ p(y|x)^alpha of any transformers causal LM (PEFT included).
+    """Samples completions from p_alpha(y|x) ∝ p(y|x)^alpha of any transformers causal LM (PEFT included) or of a
+    `vllm.LLM` (built with `trl_power.load_vllm`, or your own with the settings it checks).
 
     ```python
     sampler = PowerSampler(model, tokenizer, PowerSamplingConfig(method="smc", alpha=4.0, max_new_tokens=64))
@@ -38,15 +40,19 @@ class PowerSampler:
     out.completions, out.base_logprobs, out.stats["tokens_forwarded"]
     ```
 
-    The model is put in eval mode for sampling (its mode is restored afterwards) and run without gradients.
-    A tokenizer without a pad token gets EOS as pad (padding is tracked by masks, never by ids).
+    A transformers model is put in eval mode for sampling (its mode is restored afterwards) and run without
+    gradients. A tokenizer without a pad token gets EOS as pad (padding is tracked by masks, never by ids). With a
+    `vllm.LLM` the tokenizer may be `None` (the engine's own is used).
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, config: PowerSamplingConfig | None = None):
+    def __init__(self, model: Any, tokenizer: Any, config: PowerSamplingConfig | None = None):
         self.model = model
+        if tokenizer is None and is_vllm_llm(model):
+            tokenizer = model.get_tokenizer()
         self.tokenizer = ensure_pad_token(tokenizer) if tokenizer is not None else None
         self.config = config or PowerSamplingConfig()
-        self.eos_ids = eos_token_ids(model, tokenizer)
+        self.engine = make_engine(model, self.tokenizer)  # checks the model (vLLM settings) before any work
+        self.eos_ids = self.engine.eos_ids
 
     def tokenize(self, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
         """Text prompts → token ids (with the tokenizer's special tokens); id lists pass through."""
@@ -63,7 +69,7 @@ class PowerSampler:
             if not ids:
                 raise ValueError(f"Prompt {i} is empty (no tokens).")
             out.append(ids)
-        limit = context_length(self.model)
+        limit = self.engine.max_model_len if is_vllm_llm(self.model) else context_length(self.model)
         if limit is not None:
             longest = max(range(len(out)), key=lambda i: len(out[i]))
             if len(out[longest]) + self.config.max_new_tokens > limit:
@@ -82,9 +88,10 @@ class PowerSampler:
         runs = [(i, j) for i in range(len(prompt_ids)) for j in range(cfg.num_samples_per_prompt)]
         method = _METHODS[cfg.method]
         counter, stats = TokenCounter(), {}
+        self.engine.counter = counter
         rows: list[tuple[int, list[int], float, float | None]] = []
         start = time.perf_counter()
-        with eval_mode(self.model):
+        with contextlib.nullcontext() if is_vllm_llm(self.model) else eval_mode(self.model):
             bar = tqdm(total=len(runs), desc=f"power sampling ({cfg.method})", disable=not cfg.show_progress)
             for b in range(0, len(runs), cfg.batch_size):
                 batch = runs[b : b + cfg.batch_size]
@@ -92,14 +99,7 @@ class PowerSampler:
                 local = {i: k for k, i in enumerate(uniq)}
                 gens = [chain_generator(seed, i, j) for i, j in batch]
                 results = method(
-                    self.model,
-                    [prompt_ids[i] for i in uniq],
-                    [local[i] for i, _ in batch],
-                    gens,
-                    cfg,
-                    self.eos_ids,
-                    counter,
-                    stats,
+                    self.engine, [prompt_ids[i] for i in uniq], [local[i] for i, _ in batch], gens, cfg, stats
                 )
                 for (i, _), res in zip(batch, results):
                     rows += [(i, list(ids), float(lp), w) for ids, lp, w in res]

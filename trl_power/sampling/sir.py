@@ -9,10 +9,9 @@ estimate of p_alpha, and the mean unnormalised weight Ẑ an unbiased estimate o
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from trl_power.sampling.config import PowerSamplingConfig
-from trl_power.sampling.engine import RunRandom, TokenCounter, decode, prefill
+from trl_power.sampling.engine import Engine, RunRandom
 from trl_power.theory import log_mean_exp, normalise_log_weights
 
 
@@ -45,17 +44,13 @@ def finished_mask(completions: list[list[int]], eos_ids) -> np.ndarray:
     return np.array([bool(c) and c[-1] in eos for c in completions])
 
 
-def sample_sir(
-    model, prompts, run_prompt, generators, config: PowerSamplingConfig, eos_ids, counter: TokenCounter, stats
-):
+def sample_sir(engine: Engine, prompts, run_prompt, generators, config: PowerSamplingConfig, stats):
     N = config.num_particles
-    rows = [p for p in run_prompt for _ in range(N)]
-    state = prefill(model, prompts, rows, counter)
+    eos_ids = engine.eos_ids
+    rows = engine.start(prompts, [p for p in run_prompt for _ in range(N)])
     rng = RunRandom(generators, [r for r in range(len(run_prompt)) for _ in range(N)])
-    steps = torch.full((len(rows),), config.max_new_tokens)
-    _, toks, lps, lqs = decode(
-        model, state, rng, steps, eos_ids, config.proposal_tau, config.top_k, config.top_p, counter
-    )
+    steps = [config.max_new_tokens] * len(rows.tokens)
+    _, toks, lps, lqs = engine.extend(rows, rng, steps, config.proposal_tau, config.top_k, config.top_p)
     results = []
     for r in range(len(run_prompt)):
         sl = slice(r * N, (r + 1) * N)

@@ -5,7 +5,9 @@ gamma_t(y_{1:t}) = p(y_{1:t})^alpha, so each new token multiplies a live particl
 
     p(y_t | y_<t)^alpha / q(y_t | y_<t)      (for tau = 1/alpha: the local normaliser sum_v p(v | y_<t)^alpha);
 
-a particle that has emitted EOS is complete: its weight stays as it is and it is never resampled. When the m
+a particle that has emitted EOS is complete: its weight stays as it is and it is never resampled. The particles
+advance `resample_interval` tokens between resampling checks (1: after every token; Power-SMC checks every
+64-128); their weights then carry the product over those tokens, so the targets stay exact. When the m
 particles still decoding have ESS = (sum w)^2 / sum w^2 < ess_threshold * m, those m are resampled
 systematically among themselves (the KV-cache rows follow them, a memory move) and each gets their mean weight:
 the alive part of the weighted particle measure is preserved in expectation, so Ẑ = mean of the final weights
@@ -19,10 +21,9 @@ set is returned with its normalised weights.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from trl_power.sampling.config import PowerSamplingConfig
-from trl_power.sampling.engine import RunRandom, TokenCounter, prefill, sample_step
+from trl_power.sampling.engine import Engine, RunRandom
 from trl_power.sampling.sir import resample_index, run_weights
 from trl_power.theory import log_mean_exp
 
@@ -37,9 +38,17 @@ def systematic_resample(weights: np.ndarray, u: float) -> np.ndarray:
 def update_log_weights(
     logw: np.ndarray, alpha: float, logp: np.ndarray, logq: np.ndarray, live: np.ndarray
 ) -> np.ndarray:
-    """log w_t = log w_{t-1} + alpha * log p(y_t) - log q(y_t) for the particles that drew a token (`live`);
-    complete particles keep their weight."""
+    """log w_t = log w_{t-1} + alpha * log p(y) - log q(y) over the tokens the `live` particles just drew
+    (logp, logq: their sums); complete particles keep their weight."""
     return logw + np.where(live, alpha * logp - logq, 0.0)
+
+
+def still_decoding(live: np.ndarray, new_tokens: list[list[int]], eos_ids) -> np.ndarray:
+    """The particles that continue: live ones whose new tokens did not end with EOS (a particle that emitted EOS is
+    complete)."""
+    eos = set(eos_ids)
+    ended = np.array([bool(t) and t[-1] in eos for t in new_tokens])
+    return live & ~ended
 
 
 def resampled_log_weights(logw_alive: np.ndarray, ancestors: np.ndarray) -> np.ndarray:
@@ -54,62 +63,56 @@ def final_log_weights(logw: np.ndarray, finished: np.ndarray, finished_only: boo
     return np.where(finished, logw, -np.inf) if finished_only else logw
 
 
-def sample_smc(
-    model, prompts, run_prompt, generators, config: PowerSamplingConfig, eos_ids, counter: TokenCounter, stats
-):
+def sample_smc(engine: Engine, prompts, run_prompt, generators, config: PowerSamplingConfig, stats):
     R, N = len(run_prompt), config.num_particles
-    device = next(model.parameters()).device
-    rows_prompt = [p for p in run_prompt for _ in range(N)]
-    state = prefill(model, prompts, rows_prompt, counter)
+    H, interval = config.max_new_tokens, config.resample_interval
+    rows = engine.start(prompts, [p for p in run_prompt for _ in range(N)])
     rng = RunRandom(generators, [r for r in range(R) for _ in range(N)])
-    eos = torch.as_tensor(list(eos_ids), device=device)
-    toks = [[] for _ in range(R * N)]
-    lps = [[] for _ in range(R * N)]
+    toks: list[list[int]] = [[] for _ in range(R * N)]
+    lps: list[list[float]] = [[] for _ in range(R * N)]
     logw = np.zeros(R * N)
-    alive = torch.ones(R * N, dtype=torch.bool, device=device)
-    resamples, ess_sum, ess_count = 0, 0.0, 0
-    for step in range(config.max_new_tokens):
-        if not bool(alive.any()):
-            break
-        token, lp_t, lq_t = sample_step(
-            model, state, alive, rng, config.proposal_tau, config.top_k, config.top_p, counter
+    alive = np.ones(R * N, dtype=bool)
+    resamples, ess_sum, ess_count, generated = 0, 0.0, 0, 0
+    while generated < H and alive.any():
+        k = min(interval, H - generated)
+        steps = np.where(alive, k, 0).tolist()
+        rows, new_t, new_p, new_q = engine.extend(
+            rows, rng, steps, config.proposal_tau, config.top_k, config.top_p
         )
-        live = alive.cpu().numpy()
-        lp_np = lp_t.double().cpu().numpy()
-        logw = update_log_weights(logw, config.alpha, lp_np, lq_t.double().cpu().numpy(), live)
-        tk = token.tolist()
-        for i in np.flatnonzero(live):
-            toks[i].append(tk[i])
-            lps[i].append(float(lp_np[i]))
-        alive = alive & ~torch.isin(token, eos)
-        if step == config.max_new_tokens - 1:
+        lp_sum = np.array([sum(x) for x in new_p])
+        lq_sum = np.array([sum(x) for x in new_q])
+        logw = update_log_weights(logw, config.alpha, lp_sum, lq_sum, alive)
+        for i in np.flatnonzero(alive):
+            toks[i] += new_t[i]
+            lps[i] += new_p[i]
+        alive = still_decoding(alive, new_t, engine.eos_ids)
+        generated += k
+        if generated >= H:
             break  # nothing is decoded after the last token: no resampling
         # resample the alive particles of runs whose alive ESS fell below the threshold
         order = np.arange(R * N)
-        alive_np = alive.cpu().numpy()
         for r in range(R):
-            rows = r * N + np.flatnonzero(alive_np[r * N : (r + 1) * N])
-            if len(rows) == 0:
+            live_rows = r * N + np.flatnonzero(alive[r * N : (r + 1) * N])
+            if len(live_rows) == 0:
                 continue
-            w = run_weights(logw[rows])
+            w = run_weights(logw[live_rows])
             ess = 1.0 / (w**2).sum()
             ess_sum += ess
             ess_count += 1
-            if ess < config.ess_threshold * len(rows):
+            if ess < config.ess_threshold * len(live_rows):
                 idx = systematic_resample(w, float(rng.run_uniform(r)))
-                order[rows] = rows[idx]
-                logw[rows] = resampled_log_weights(logw[rows], idx)
+                order[live_rows] = live_rows[idx]
+                logw[live_rows] = resampled_log_weights(logw[live_rows], idx)
                 resamples += 1
         if not np.array_equal(order, np.arange(R * N)):
-            sel = torch.as_tensor(order, device=device)
-            state = state.select(sel)
-            alive = alive[sel]
+            rows = rows.select(order.tolist())
+            alive = alive[order]
             toks = [list(toks[j]) for j in order]
             lps = [list(lps[j]) for j in order]
     stats["resample_count"] = stats.get("resample_count", 0) + resamples
     stats["_ess_sum"] = stats.get("_ess_sum", 0.0) + ess_sum
     stats["_ess_count"] = stats.get("_ess_count", 0) + ess_count
-    eos_set = set(eos_ids)
+    eos_set = set(engine.eos_ids)
     finished = np.array([bool(t) and t[-1] in eos_set for t in toks])
     logw = final_log_weights(logw, finished, config.finished_only)
     results = []
@@ -117,9 +120,8 @@ def sample_smc(
         sl = slice(r * N, (r + 1) * N)
         w = run_weights(logw[sl])
         stats.setdefault("log_z", []).append(log_mean_exp(logw[sl]))
-        rows = range(r * N, (r + 1) * N)
         if config.return_all_particles:
-            results.append([(toks[i], sum(lps[i]), float(w[i - r * N])) for i in rows])
+            results.append([(toks[i], sum(lps[i]), float(w[i - r * N])) for i in range(r * N, (r + 1) * N)])
         else:
             k = resample_index(w, float(rng.run_uniform(r)))
             results.append([(toks[r * N + k], sum(lps[r * N + k]), None)])
