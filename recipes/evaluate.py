@@ -35,6 +35,7 @@ from recipe_utils import (
     load_data,
     load_model,
     load_prompts,
+    load_sampling_model,
     load_verifier,
     parse_args,
     write_json,
@@ -102,7 +103,7 @@ def main(script_args: PowerScriptArguments, config: EvaluateConfig, model_args: 
     else:
         prompts = load_prompts(script_args, script_args.dataset_test_split)
         verifier = load_verifier(script_args, prompts)  # fails before the model is loaded
-        model, tokenizer = load_model(model_args)
+        model, tokenizer = load_sampling_model(model_args, config)
         sampling = config.sampling_config().to_dict()
         answers = generate_power_dataset(
             model,

@@ -19,8 +19,8 @@ from recipe_utils import (
     PowerScriptArguments,
     build_parser,
     init_processes,
-    load_model,
     load_prompts,
+    load_sampling_model,
     parse_args,
 )
 from trl import ModelConfig
@@ -31,7 +31,7 @@ from trl_power import generate_power_dataset
 def main(script_args: PowerScriptArguments, config: PowerSampleConfig, model_args: ModelConfig) -> None:
     state = init_processes()
     prompts = load_prompts(script_args, script_args.dataset_train_split)
-    model, tokenizer = load_model(model_args)
+    model, tokenizer = load_sampling_model(model_args, config)
 
     dataset = generate_power_dataset(
         model,

@@ -20,6 +20,7 @@ from trl import ScriptArguments, TrlParser
 
 from trl_power.data import COLUMNS as POWER_COLUMNS
 from trl_power.sampling import PowerSamplingConfig
+from trl_power.sampling.vllm_engine import VLLMArguments
 
 #: Besides `accelerate launch`'s own options, what `trl-power <job>` hands to the launcher. A recipe config may hold
 #: launcher options (as with `trl sft`); the recipe itself ignores them.
@@ -70,9 +71,10 @@ class PowerScriptArguments(ScriptArguments):
 
 
 @dataclass
-class PowerSampleConfig(PowerSamplingConfig):
+class PowerSampleConfig(PowerSamplingConfig, VLLMArguments):
     """How to power-sample a prompt data set: every `PowerSamplingConfig` field (`method`, `alpha`, `max_new_tokens`,
-    `block_size`, `mcmc_steps`, `num_particles`, `num_samples_per_prompt`, `seed`, ...) and where the result goes.
+    `block_size`, `mcmc_steps`, `num_particles`, `num_samples_per_prompt`, `seed`, ...), the engine (`use_vllm` and
+    the `vllm_*` settings of `trl_power.sampling.vllm_engine.VLLMArguments`) and where the result goes.
 
     Args:
         output_dir: Folder of the run: sampled shards as they finish (a rerun resumes), the manifest and the merged
@@ -98,6 +100,7 @@ class PowerSampleConfig(PowerSamplingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.check_vllm_arguments()
         if self.push_to_hub and not self.hub_dataset_id:
             raise ValueError("push_to_hub needs hub_dataset_id ('user/name').")
         if self.shard_size < 1:
@@ -398,6 +401,32 @@ def load_model(model_args: Any, trust_remote_code: bool = False) -> tuple[Any, A
     )
     tokenizer.padding_side = "left"
     return model.eval(), tokenizer
+
+
+def load_sampling_model(model_args: Any, config: Any) -> tuple[Any, Any]:
+    """The model to sample from and its tokenizer: `load_model`'s transformers model, or with `config.use_vllm` a vLLM
+    engine (`trl_power.sampling.vllm_engine.load_vllm_for_processes`: one per process under accelerate launch)."""
+    if not getattr(config, "use_vllm", False):
+        return load_model(model_args)
+    from transformers import AutoTokenizer
+
+    from trl_power.sampling.vllm_engine import load_vllm_for_processes
+
+    name = check_model(model_args)
+    if _is_adapter(name, model_args.model_revision):
+        raise ValueError(
+            f"{name} is a PEFT adapter; the vLLM engine samples full models: merge it first "
+            "(PeftModel.merge_and_unload().save_pretrained(...)), or set use_vllm: false."
+        )
+    kwargs = config.vllm_engine_kwargs()
+    if kwargs.get("dtype") == "auto" and model_args.dtype not in (None, "auto"):
+        kwargs["dtype"] = model_args.dtype
+    if model_args.model_revision not in (None, "main"):
+        kwargs.setdefault("revision", model_args.model_revision)
+    llm = load_vllm_for_processes(name, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.model_revision)
+    tokenizer.padding_side = "left"
+    return llm, tokenizer
 
 
 def _is_adapter(name: str, revision: str | None) -> bool:

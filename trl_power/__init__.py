@@ -22,6 +22,7 @@ _LAZY = {
     "alpha_to_beta": "trl_power.theory",
     "beta_to_alpha": "trl_power.theory",
     "exact_power_distribution": "trl_power.theory",
+    "load_vllm": "trl_power.sampling.vllm_engine",
 }
 
 __all__ = [
@@ -36,11 +37,13 @@ __all__ = [
     "beta_to_alpha",
     "exact_power_distribution",
     "generate_power_dataset",
+    "load_vllm",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from trl_power.data import generate_power_dataset
     from trl_power.sampling import PowerSampler, PowerSamplingConfig, PowerSamplingOutput
+    from trl_power.sampling.vllm_engine import load_vllm
     from trl_power.theory import alpha_to_beta, beta_to_alpha, exact_power_distribution
     from trl_power.trainers.distill import PowerDistillConfig, PowerDistillTrainer
     from trl_power.trainers.self_reward import PowerSelfRewardConfig, PowerSelfRewardTrainer

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from trl_power.sampling import PowerSampler, PowerSamplingConfig
+from trl_power.sampling.engine import is_vllm_llm
 
 METADATA_KEY = "trl_power"
 MANIFEST_FILE = "power_dataset.json"
@@ -163,6 +164,8 @@ def _fingerprint(
 
 
 def _model_id(model: Any) -> str | None:
+    if is_vllm_llm(model):
+        return str(model.llm_engine.model_config.model)
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
     return str(name) if name else None
@@ -327,9 +330,10 @@ def generate_power_dataset(
     ```
 
     Args:
-        model: A transformers causal LM (PEFT included), or a path / Hub id loaded with `AutoModelForCausalLM` onto
-            this process's device (under `accelerate launch`, load your own model per process onto
-            `PartialState().device`; it is not moved).
+        model: A transformers causal LM (PEFT included), a `vllm.LLM` (`trl_power.load_vllm`; under
+            `accelerate launch` one per process, `trl_power.sampling.vllm_engine.load_vllm_for_processes`), or a path /
+            Hub id loaded with `AutoModelForCausalLM` onto this process's device (under `accelerate launch`, load your
+            own model per process onto `PartialState().device`; it is not moved).
         tokenizer: Its tokenizer (`None` with a model path: loaded from the same path).
         prompts_or_dataset: Prompts (strings, conversational message lists, or token-id lists), or a
             `datasets.Dataset` with a `prompt` column; its other columns are carried over to every row of the prompt.

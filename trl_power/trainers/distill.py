@@ -37,6 +37,7 @@ from trl.trainer.utils import get_config_model_id
 from trl_power.data import power_dataset_metadata, prompt_format, tokenize_prompt
 from trl_power.modeling import adapter_disabled, eos_token_ids, is_peft_model
 from trl_power.sampling import PowerSampler, PowerSamplingConfig
+from trl_power.sampling.vllm_engine import VLLMArguments
 from trl_power.trainers import POWER_PAPER, default_to_float32_without_bf16
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,7 +50,7 @@ _COMPLETION_COLUMNS = ("completion", "completion_ids", "text", "messages", "conv
 
 
 @dataclass
-class PowerDistillConfig(SFTConfig):
+class PowerDistillConfig(SFTConfig, VLLMArguments):
     r"""
     Configuration class for the [`PowerDistillTrainer`].
 
@@ -68,6 +69,13 @@ class PowerDistillConfig(SFTConfig):
             copy), otherwise the `teacher_model` given to the trainer or a frozen copy of the initial model. Stored as
             a dict; [`~PowerDistillConfig.power_sampling_config`] gives the object. `None` (default): offline mode,
             the data set holds the teacher completions (e.g. from [`~trl_power.generate_power_dataset`]).
+        use_vllm (`bool`, *optional*, defaults to `False`):
+            Online mode: the teacher samples on a vLLM engine of the base model (`trl_power.load_vllm`, one per process
+            under `accelerate launch`), loaded from the model's `name_or_path` (for a PEFT student: its base model;
+            otherwise `teacher_model` or the initial checkpoint). The `vllm_*` settings
+            (`vllm_gpu_memory_utilization`, defaults to `0.3` here since the engine shares the GPU with training;
+            `vllm_tensor_parallel_size`, `vllm_max_model_length`, `vllm_kv_cache_memory_bytes`, `vllm_dtype`,
+            `vllm_kwargs`) are those of [`~trl_power.sampling.vllm_engine.VLLMArguments`].
         teacher_refresh_steps (`int`, *optional*, defaults to `1`):
             Online mode: teacher samples of a prompt are drawn the first time the prompt is needed in a refresh round
             of this many optimizer steps, and reused within the round (a prompt seen again in a later round gets fresh
@@ -106,13 +114,19 @@ class PowerDistillConfig(SFTConfig):
     > `loss_normalizer` says. With `"batch_tokens"` and unit weights this is exactly SFTTrainer's loss.
     """
 
-    _VALID_DICT_FIELDS = SFTConfig._VALID_DICT_FIELDS + ["sampling_config"]
+    _VALID_DICT_FIELDS = SFTConfig._VALID_DICT_FIELDS + ["sampling_config", "vllm_kwargs"]
 
     sampling_config: dict[str, Any] | str | None = field(
         default=None,
         metadata={
             "help": "Online mode: PowerSamplingConfig fields (a dict, or JSON on the command line) for drawing teacher "
             "samples from the base model during training. None: the data set holds the teacher completions."
+        },
+    )
+    vllm_gpu_memory_utilization: float | None = field(
+        default=0.3,
+        metadata={
+            "help": "Online mode with use_vllm: fraction of the GPU the teacher engine takes (shared with training)."
         },
     )
     teacher_refresh_steps: int = field(
@@ -178,6 +192,11 @@ class PowerDistillConfig(SFTConfig):
             self.alpha = sampling_alpha
         if self.finished_only is None:
             self.finished_only = True
+        self.check_vllm_arguments()
+        if self.use_vllm and self.sampling_config is None:
+            raise ValueError(
+                "use_vllm is for the online teacher: set sampling_config (online mode) or use_vllm=False."
+            )
         if self.loss_normalizer not in ("dataset_mean", "batch_tokens"):
             raise ValueError(
                 f"loss_normalizer must be 'dataset_mean' or 'batch_tokens', got {self.loss_normalizer!r}"
@@ -460,12 +479,23 @@ class PowerDistillTrainer(SFTTrainer):
         # original model through the patched forward's closure).
         will_be_peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
         self._teacher_model: torch.nn.Module | None = None
+        self._teacher_llm: Any = None
         if teacher_model is not None and (not self._online or will_be_peft):
             raise ValueError(
                 "teacher_model is only used in online mode with a non-PEFT student (a PEFT student's teacher is its "
                 "base weights with the adapter disabled)."
             )
-        if self._online and not will_be_peft:
+        if self._online and args.use_vllm:
+            # The vLLM teacher loads the base weights from disk / the Hub (a PEFT student's base, teacher_model, or
+            # the initial checkpoint): an in-memory model that differs from its checkpoint cannot be it.
+            from trl_power.sampling.vllm_engine import load_vllm_for_processes
+
+            source = teacher_model if teacher_model is not None else model
+            if not isinstance(source, str):
+                inner = source.get_base_model() if is_peft_model(source) else source
+                source = inner.config._name_or_path
+            self._teacher_llm = load_vllm_for_processes(source, **args.vllm_engine_kwargs())
+        elif self._online and not will_be_peft:
             source = teacher_model if teacher_model is not None else model
             if isinstance(source, str):
                 from transformers import AutoModelForCausalLM
@@ -622,7 +652,11 @@ class PowerDistillTrainer(SFTTrainer):
         )
         self._teacher_calls += 1
         indices = list(prompts)
-        if self._teacher_model is not None:
+        if self._teacher_llm is not None:
+            out = PowerSampler(self._teacher_llm, self._tokenizer, config).sample(
+                [prompts[i] for i in indices]
+            )
+        elif self._teacher_model is not None:
             sampler = PowerSampler(self._teacher_model, self._tokenizer, config)
             out = sampler.sample([prompts[i] for i in indices])
         else:
