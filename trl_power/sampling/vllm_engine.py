@@ -135,8 +135,9 @@ def load_vllm(
 
     Sets what the samplers need (`logprobs_mode="processed_logprobs"`: sampled-token logprobs are log q) and what they
     gain from (`enable_prefix_caching=True`: MH proposals and resampled SMC particles share their prefixes), `seed=0`;
-    on CPU also `enforce_eager=True` (no compile at start-up) and `kv_cache_memory_bytes` = 1 GiB (vLLM's memory
-    fraction is a fraction of the host's memory there). Every other keyword goes to `vllm.LLM` unchanged
+    on CPU also `enforce_eager=True` (no compile at start-up), `block_size=32` (the prefix cache shares whole
+    blocks; 32 is the CPU kernels' smallest) and `kv_cache_memory_bytes` = 1 GiB (vLLM's memory fraction is a fraction
+    of the host's memory there). Every other keyword goes to `vllm.LLM` unchanged
     (`tensor_parallel_size`, `gpu_memory_utilization`, `max_model_len`, `dtype`, `load_format="dummy"`, ...); a
     `logprobs_mode` other than the required one is refused.
 
@@ -153,6 +154,9 @@ def load_vllm(
     kwargs = {**DEFAULT_SETTINGS, **vllm_kwargs}
     if _on_cpu():
         kwargs.setdefault("enforce_eager", True)
+        kwargs.setdefault(
+            "block_size", 32
+        )  # the CPU kernels' smallest: prefix-cache hits come in whole blocks
         if "gpu_memory_utilization" not in vllm_kwargs:
             kwargs.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
     check_servable(model_name_or_path, trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
