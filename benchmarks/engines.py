@@ -93,7 +93,8 @@ def settings(method: str, args) -> dict:
 def run(model, method: str, batch: int, args, prompts) -> dict:
     from trl_power import PowerSampler, PowerSamplingConfig
 
-    cfg = PowerSamplingConfig(**settings(method, args), num_samples_per_prompt=1, batch_size=batch)
+    cfg = PowerSamplingConfig(**settings(method, args), num_samples_per_prompt=1)
+    cfg.batch_size = batch * cfg.sequences_per_run  # `batch` samples together (runs of particles for SMC/SIR)
     sampler = PowerSampler(model, None, cfg)
     sampler.sample(prompts[:1])  # warm-up
     start = time.perf_counter()
