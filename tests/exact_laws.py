@@ -3,7 +3,8 @@
 `MHKernel` builds the Metropolis-Hastings transition matrix of `docs/sampling.md` from the model's exact
 next-token conditionals (one no-cache forward per prefix, independent of the samplers' KV-cache engine): states
 are every answer of at most H tokens (EOS-ended, or stopped without EOS); from a state y of length L a cut point i
-is uniform on {0..L-1}, the suffix is drawn from the proposal q up to the rule's horizon (H, or L for the
+is drawn from q_cut(i | y) (uniform on {0..L-1}, or the entropy law w/L + (1-w) H_i / sum_j H_j with H_i the exact
+entropy of p(. | y_<i)), the suffix is drawn from the proposal q up to the rule's horizon (H, or L for the
 current-length rules) or EOS, and accepted with the rule's log A. The law of a one-block MH chain after k steps
 is mu_0 K^k, mu_0 the proposal's law of a first answer. Mutations (wrong variants of the acceptance) give the
 laws that a broken sampler would have, so a test can state its power against them.
@@ -27,6 +28,8 @@ from scipy import stats
 from trl_power.sampling.transformers_engine import proposal_logprobs
 
 MUTATIONS = ("none", "no_length_correction", "no_proposal_correction", "alpha_minus_one")
+# entropy cuts with the uniform cuts' correction log(L/L'), or with none
+CUT_MUTATIONS = ("uniform_cut_correction", "no_cut_correction")
 
 
 class MHKernel:
@@ -73,14 +76,32 @@ class MHKernel:
             frontier = nxt
         return out
 
+    def cut_law(self, y: tuple, cut: str, uniform_weight: float) -> list[float]:
+        """q_cut(. | y) over the L positions of y."""
+        L = len(y)
+        if cut == "uniform":
+            return [1.0 / L] * L
+        h = [float(-(np.exp(self.logp[y[:i]]) * self.logp[y[:i]]).sum()) for i in range(L)]
+        total = sum(h)
+        if total <= 0:
+            return [1.0 / L] * L
+        return [uniform_weight / L + (1 - uniform_weight) * x / total for x in h]
+
     def matrix(
-        self, alpha: float, rule: str = "horizon", finished_only: bool = True, mutation: str = "none"
+        self,
+        alpha: float,
+        rule: str = "horizon",
+        finished_only: bool = True,
+        mutation: str = "none",
+        cut: str = "uniform",
+        uniform_weight: float = 0.25,
     ) -> np.ndarray:
-        assert mutation in MUTATIONS
+        assert mutation in MUTATIONS + CUT_MUTATIONS
         a = alpha - 1 if mutation == "alpha_minus_one" else alpha
         K = np.zeros((len(self.states), len(self.states)))
         for y, row in self.index.items():
             L = len(y)
+            forward = self.cut_law(y, cut, uniform_weight)
             for i in range(L):
                 stop = self.H if rule == "horizon" else L
                 for y_new, prob in self.proposals(y[:i], stop):
@@ -94,14 +115,17 @@ class MHKernel:
                     if mutation != "no_proposal_correction":
                         log_a += lq_old - lq_new
                     if rule == "horizon" and mutation != "no_length_correction":
-                        log_a += math.log(L) - math.log(len(y_new))
+                        if cut == "uniform" or mutation == "uniform_cut_correction":
+                            log_a += math.log(L) - math.log(len(y_new))
+                        elif mutation != "no_cut_correction":
+                            log_a += math.log(self.cut_law(y_new, cut, uniform_weight)[i]) - math.log(forward[i])
                     if finished_only and not self.finished(y_new):
                         log_a = -math.inf
                     elif finished_only and not self.finished(y):
                         log_a = math.inf
                     acc = 1.0 if log_a >= 0 else math.exp(log_a)
-                    K[row, self.index[y_new]] += prob * acc / L
-                    K[row, row] += prob * (1 - acc) / L
+                    K[row, self.index[y_new]] += prob * acc * forward[i]
+                    K[row, row] += prob * (1 - acc) * forward[i]
         return K
 
     def initial_law(self) -> np.ndarray:

@@ -36,7 +36,18 @@ def assert_caught(mutation: str, check, *args) -> None:
 
 
 def _mh_acceptance(variant: str):
-    def wrong(alpha, cut, lp_new, lq_new, lp_old, lq_old, rule, new_in_target=True, old_in_target=True):
+    def wrong(
+        alpha,
+        cut,
+        lp_new,
+        lq_new,
+        lp_old,
+        lq_old,
+        rule,
+        new_in_target=True,
+        old_in_target=True,
+        log_cut_ratio=None,
+    ):
         if not new_in_target:
             return -math.inf
         if not old_in_target:
@@ -77,13 +88,38 @@ def test_sir_weight_mutations(monkeypatch, random_model, variant):
 def test_smc_increment_mutations(monkeypatch, random_model, variant):
     from test_sampling_exactness import test_weighted_particles_are_unbiased as check
 
-    def wrong(logw, alpha, logp, logq, live):
-        a = alpha - 1 if variant == "alpha_minus_one" else alpha
-        inc = a * logp - (0.0 if variant == "no_proposal_correction" else logq)
-        return logw + np.where(live, inc, 0.0)
+    def wrong(logw, alpha_now, alpha_prev, logp_now, logp_prev, logq_new):
+        shift = 1.0 if variant == "alpha_minus_one" else 0.0
+        logq = 0.0 if variant == "no_proposal_correction" else logq_new
+        return logw + (alpha_now - shift) * logp_now - (alpha_prev - shift) * logp_prev - logq
 
     monkeypatch.setattr(smc, "update_log_weights", wrong)
     assert_caught(f"SMC weight: {variant}", check, random_model, "smc", 1.0, False)
+
+
+def test_smc_anneal_on_new_tokens_only(monkeypatch, random_model):
+    """Annealing applied to each new token only (log w += alpha_t log p(y_t) - log q(y_t)): the prefix's exponent never
+    moves from its old value, so neither the later targets nor the final p^alpha are reached."""
+    from test_sampling_exactness import test_annealed_smc_particles_are_unbiased as check
+
+    def wrong(logw, alpha_now, alpha_prev, logp_now, logp_prev, logq_new):
+        return logw + alpha_now * (logp_now - logp_prev) - logq_new
+
+    monkeypatch.setattr(smc, "update_log_weights", wrong)
+    assert_caught("SMC anneal: new tokens only", check, random_model, False)
+
+
+def test_mh_entropy_cut_without_its_correction(monkeypatch, trap_model):
+    """Entropy-placed cuts with the uniform cuts' correction log(L/L') (the proposal's cut law ignored)."""
+    from test_sampling_exactness import test_entropy_cut_mh_chain_has_the_law_of_the_exact_kernel as check
+
+    right = mh.log_acceptance
+
+    def wrong(*args, log_cut_ratio=None, **kwargs):
+        return right(*args, log_cut_ratio=None, **kwargs)
+
+    monkeypatch.setattr(mh, "log_acceptance", wrong)
+    assert_caught("MH entropy cuts: uniform correction", check, trap_model)
 
 
 def test_smc_finished_particles_keep_decoding(monkeypatch, random_model):

@@ -121,11 +121,24 @@ def test_the_suffix_rules_and_targets_give_different_chains(wide_model):
     assert len({str(c) for c in chains.values()}) == len(chains)
 
 
-@pytest.mark.parametrize("method", ["temperature", "low_temperature", "mh", "smc", "sir"])
-def test_batched_equals_one_at_a_time(wide_model, method):
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("temperature", {}),
+        ("low_temperature", {}),
+        ("mh", {}),
+        ("mh", {"mh_cut": "entropy"}),
+        ("smc", {}),
+        ("smc", {"anneal_tokens": 6, "resample_interval": 3}),
+        ("sir", {}),
+        ("lookahead", {"lookahead_candidates": 3, "lookahead_rollouts": 2, "lookahead_horizon": 4}),
+    ],
+)
+def test_batched_equals_one_at_a_time(wide_model, method, extra):
+    """Each run draws from its own stream: a whole batch at once gives what one run at a time gives."""
     kwargs = dict(method=method, alpha=2.0, max_new_tokens=10, block_size=5, mcmc_steps=2, num_particles=4)
-    kwargs.update(num_samples_per_prompt=2, seed=3)
-    batched = PowerSampler(wide_model, None, PowerSamplingConfig(batch_size=8, **kwargs)).sample(PROMPTS)
+    kwargs.update(num_samples_per_prompt=2, seed=3, **extra)
+    batched = PowerSampler(wide_model, None, PowerSamplingConfig(batch_size=1024, **kwargs)).sample(PROMPTS)
     single = PowerSampler(wide_model, None, PowerSamplingConfig(batch_size=1, **kwargs)).sample(PROMPTS)
     assert batched.completion_ids == single.completion_ids
     assert batched.prompt_indices == single.prompt_indices == [0, 0, 1, 1, 2, 2, 3, 3]

@@ -112,14 +112,14 @@ def test_weighted_particles_on_vllm_are_unbiased(llm, twin, method, kwargs):
     1e-3), also when SMC resamples only every 2 tokens (`resample_interval`)."""
     runs, particles = 1000, 4
     out = sample(
-        llm, method, 2.0, n=runs, num_particles=particles, return_all_particles=True, batch_size=250, **kwargs
+        llm, method, 2.0, n=runs, num_particles=particles, return_all_particles=True, batch_size=1000, **kwargs
     )
     assert unbiasedness_pvalue(twin, out, 2.0, False, runs, particles) > LEVEL
 
 
 def test_resampled_sir_on_vllm_reaches_p_alpha(llm, twin):
     exact = exact_power_distribution(twin, None, [4], 2.0, T, finished_only=False)
-    out = sample(llm, "sir", 2.0, num_particles=16, batch_size=100)
+    out = sample(llm, "sir", 2.0, num_particles=16, batch_size=1600)
     assert total_variation(empirical_distribution(out.completion_ids), exact) <= expected_tv_bound(exact, 400)
 
 

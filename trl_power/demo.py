@@ -183,7 +183,7 @@ def _teacher_data(args: Any, task: Any, alpha: float, seed: int) -> tuple[Any, d
         alpha=alpha,
         max_new_tokens=task.max_new_tokens,
         num_particles=args.particles,
-        batch_size=64,
+        batch_size=1024,  # sequences: 64 runs of 16 particles
         seed=seed,
     )
     data, gen_wall, gen_cpu = _timed(
@@ -314,7 +314,7 @@ def run_task(args: Any, name: str, workdir: Path, bar: Any) -> dict[str, Any]:
             alpha=alpha,
             max_new_tokens=T,
             num_samples_per_prompt=n,
-            batch_size=64,
+            batch_size=1024,  # sequences: MH chains, or runs x particles
             seed=args.seed,
             **kw,
         )

@@ -11,6 +11,8 @@ prompt i. Every average below weights prompts equally.
 - covariance diagnostic: from plain samples of the base model, estimate s -> Cov_{p_s}(r, log p) on
   [1, alpha] and the gain it predicts, E_{p_alpha}[r] - E_p[r] = integral_1^alpha Cov_{p_s}(r, log p) ds
   (computed in closed form from the same self-normalised weights), before paying for a power sampler.
+- compute-matched baselines: best-of-n by self-reward and majority vote@n over plain samples (`best_of_n`,
+  `majority_vote`), and a paired comparison of two methods on the same prompts (`paired_test`).
 """
 
 from __future__ import annotations
@@ -178,6 +180,113 @@ def evaluate_sampling_output(
         ks=ks,
         extra=extra,
     )
+
+
+# ----- compute-matched baselines and paired comparisons -------------------------------------------
+
+
+def _sets_of(group: np.ndarray, n: int) -> list[np.ndarray]:
+    if n < 1 or group.size < n:
+        raise ValueError(f"every prompt needs at least n={n} answers, one has {group.size}")
+    return [group[k : k + n] for k in range(0, group.size - n + 1, n)]
+
+
+def best_of_n(rewards: ArrayLike, self_rewards: ArrayLike, n: int) -> list[list[float]]:
+    """Best-of-n by self-reward: each prompt's answers, in order, are cut into disjoint sets of n (a remainder is
+    dropped); from each set the answer of highest log p_base(y|x) is kept (the first on ties). Returns the kept
+    answers' rewards per prompt. With plain samples it costs n of them per kept answer: the compute-matched
+    baseline of a power sampler that forwards ~n answers' tokens per answer (it targets argmax_y p(y|x), the
+    alpha -> inf limit, not p_alpha)."""
+    r, lp = _groups(rewards), _groups(self_rewards)
+    if [g.size for g in r] != [g.size for g in lp]:
+        raise ValueError("rewards and self_rewards must have the same shape per prompt")
+    out = []
+    for rg, lg in zip(r, lp):
+        out.append([float(rs[int(np.argmax(ls))]) for rs, ls in zip(_sets_of(rg, n), _sets_of(lg, n))])
+    return out
+
+
+def majority_vote(answers: Sequence[Sequence[Any]], rewards: ArrayLike, n: int) -> list[list[float]]:
+    """Majority vote@n: each prompt's answers (extracted final answers, `None` for malformed ones, which do not
+    vote) are cut into disjoint sets of n; each set's most frequent answer wins (ties: the one seen first) and
+    scores the reward of an answer equal to it; a set without any valid answer scores 0. Returns the winners'
+    rewards per prompt."""
+    r = _groups(rewards)
+    if [len(a) for a in answers] != [g.size for g in r]:
+        raise ValueError("answers and rewards must have the same shape per prompt")
+    out = []
+    for ans, rg in zip(answers, r):
+        scores = []
+        for start in range(0, len(ans) - n + 1, n):
+            votes: dict[Any, int] = {}
+            first: dict[Any, int] = {}
+            for k in range(start, start + n):
+                a = ans[k]
+                if a is not None:
+                    votes[a] = votes.get(a, 0) + 1
+                    first.setdefault(a, k)
+            if not votes:
+                scores.append(0.0)
+                continue
+            winner = max(votes, key=lambda a: (votes[a], -first[a]))
+            scores.append(float(rg[first[winner]]))
+        if not scores:
+            raise ValueError(f"every prompt needs at least n={n} answers, one has {len(ans)}")
+        out.append(scores)
+    return out
+
+
+@dataclass
+class PairedComparison:
+    """Method A against method B on the same prompts (`paired_test`).
+
+    Attributes:
+        mean_difference: (1/P) sum_i (mean_j a_ij - mean_j b_ij), A's accuracy minus B's.
+        stderr: sd_i(d_i) / sqrt(P).
+        ci: the `confidence` t-interval mean_difference -/+ t_{P-1} stderr.
+        p_value: two-sided sign-flip permutation p-value of H0 "A and B are exchangeable on every prompt"
+            (exact over all 2^P sign patterns when P <= 16, else `resamples` random ones, counting the observed).
+        num_prompts: P.
+    """
+
+    mean_difference: float
+    stderr: float
+    ci: tuple[float, float]
+    p_value: float
+    num_prompts: int
+    confidence: float = 0.95
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def paired_test(
+    rewards_a: ArrayLike, rewards_b: ArrayLike, confidence: float = 0.95, resamples: int = 20_000, seed: int = 0
+) -> PairedComparison:
+    """Paired comparison of two methods on the same prompts: per-prompt differences d_i = mean_j a_ij - mean_j b_ij
+    (any numbers of answers per prompt), their mean, a t-interval and a sign-flip permutation p-value for
+    |mean d| (under H0 each d_i is symmetric about 0). Pairing removes the prompt-to-prompt spread that an
+    unpaired comparison of two accuracies carries."""
+    from scipy import stats as st
+
+    a, b = _groups(rewards_a), _groups(rewards_b)
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} prompts for A but {len(b)} for B")
+    if len(a) < 2:
+        raise ValueError("a paired test needs at least 2 prompts")
+    d = np.array([x.mean() - y.mean() for x, y in zip(a, b)])
+    P = d.size
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(P))
+    half = float(st.t.ppf(0.5 + confidence / 2, P - 1)) * se
+    observed = abs(d.sum())
+    if P <= 16:
+        signs = 1 - 2 * ((np.arange(2**P)[:, None] >> np.arange(P)) & 1)
+        p_value = float((np.abs(signs @ d) >= observed - 1e-12).mean())
+    else:
+        signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(resamples, P))
+        p_value = float(((np.abs(signs @ d) >= observed - 1e-12).sum() + 1) / (resamples + 1))
+    return PairedComparison(mean, se, (mean - half, mean + half), p_value, P, confidence)
 
 
 def format_results(results: Sequence[MethodResult]) -> str:

@@ -120,24 +120,41 @@ def fit_to_distribution(
 
 
 def trap_target(
-    vocab_size: int = 5, eos_id: int = 0, max_new_tokens: int = 3, heavy: float = 0.6, strong: float = 0.9
+    vocab_size: int = 5,
+    eos_id: int = 0,
+    max_new_tokens: int = 3,
+    heavy: float = 0.6,
+    strong: float = 0.9,
+    decision_position: int = 0,
 ) -> dict[tuple[int, ...], float]:
-    """A distribution where per-token sharpening misleads.
+    """A distribution where per-token sharpening misleads (tokens 1, 2, 3 must not be `eos_id`).
 
-    First token 1 ("heavy", prob `heavy`) leads to many mediocre continuations (uniform over all
-    completions below it); first token 2 (prob 1 - heavy) leads to one strong continuation (2, 3, EOS)
-    with prob `strong`. Low temperature prefers token 1 (heavy^alpha > (1-heavy)^alpha), the power
-    distribution prefers the strong sequence ((1-heavy)*strong)^alpha >> (heavy/K)^alpha.
-    A little mass (2%) is spread over every completion so the target has full support.
+    After a fixed prefix of `decision_position` tokens 3 (d), the decision: token 1 ("heavy", prob `heavy`) leads to
+    many mediocre continuations (uniform over every completion of full length without EOS below it), token 2 (prob
+    1 - heavy) to one strong continuation (2, 3, EOS) with prob `strong`, the rest of its mass spread over the
+    other completions below 2. Low temperature prefers token 1 (heavy^alpha > (1-heavy)^alpha); the power
+    distribution prefers the strong sequence when ((1-heavy)*strong)^alpha beats the sum of the heavy leaves'
+    (heavy/K)^alpha. A little mass (2%) is spread over every completion so the target has full support. Needs
+    max_new_tokens >= decision_position + 3; `trap_answer` is the strong sequence.
     """
+    if max_new_tokens < decision_position + 3:
+        raise ValueError("max_new_tokens must be >= decision_position + 3")
     comps = all_completions(vocab_size, eos_id, max_new_tokens)
     target = {c: 0.02 / len(comps) for c in comps}
-    heavy_leaves = [c for c in comps if c[0] == 1 and len(c) == max_new_tokens and eos_id not in c]
+    d = decision_position
+    prefix = (3,) * d
+    below = [c for c in comps if c[:d] == prefix and len(c) > d]
+    heavy_leaves = [c for c in below if c[d] == 1 and len(c) == max_new_tokens and eos_id not in c]
     for c in heavy_leaves:
         target[c] += 0.98 * heavy / len(heavy_leaves)
-    strong_seq = (2, 3, eos_id) if max_new_tokens >= 3 else (2, eos_id)
+    strong_seq = trap_answer(eos_id, decision_position)
     target[strong_seq] += 0.98 * (1 - heavy) * strong
-    weak = [c for c in comps if c[0] == 2 and c != strong_seq]
+    weak = [c for c in below if c[d] == 2 and c != strong_seq]
     for c in weak:
         target[c] += 0.98 * (1 - heavy) * (1 - strong) / len(weak)
     return target
+
+
+def trap_answer(eos_id: int = 0, decision_position: int = 0) -> tuple[int, ...]:
+    """The strong sequence of `trap_target`."""
+    return (3,) * decision_position + (2, 3, eos_id)

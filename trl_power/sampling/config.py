@@ -6,8 +6,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-METHODS = ("temperature", "low_temperature", "mh", "smc", "sir", "exact")
+METHODS = ("temperature", "low_temperature", "mh", "smc", "sir", "lookahead", "exact")
 MH_SUFFIX_RULES = ("horizon", "current_length", "current_length_full")
+MH_CUTS = ("uniform", "entropy")
 
 
 @dataclass
@@ -18,7 +19,9 @@ class PowerSamplingConfig:
         method: `"temperature"` (plain sampling at `temperature`, the 1x cost floor), `"low_temperature"`
             (per-token softmax(alpha * logits): NOT p_alpha, the baseline), `"mh"` (Metropolis-Hastings,
             Karan & Du 2025), `"smc"` (sequential Monte Carlo, Power-SMC), `"sir"` (sampling-importance-
-            resampling), `"exact"` (enumerate every completion; tiny models only).
+            resampling), `"lookahead"` (TMC-style: each token drawn from p(v)^alpha * zeta_hat(v) over the top
+            candidates, zeta estimated by rollouts; approximate by design), `"exact"` (enumerate every completion;
+            tiny models only).
         alpha: The power (> 0). alpha > 1 sharpens, alpha = 1 is the base model.
         max_new_tokens: Most tokens generated per completion (>= 1). EOS ends a completion earlier.
         proposal_temperature: Temperature tau of the proposal q(v) ∝ p(v)^(1/tau) used by MH, SMC and SIR.
@@ -42,6 +45,13 @@ class PowerSamplingConfig:
             `"current_length_full"`: the same proposal with the whole current suffix [i, L) in the ratio.
             Neither current-length rule is reversible: a proposal is never longer than the current answer,
             so the answer length never grows and both chains collapse onto short answers in the long run.
+        mh_cut: How MH picks its cut point i over the L generated tokens. `"uniform"` (Karan & Du). `"entropy"`
+            (Entropy-Cut MH, Zhou, Mehrotra & Liu 2026): q_cut(i | y) = w / L + (1 - w) H_i / sum_j H_j, H_i the
+            entropy of p at position i, w = `mh_cut_uniform_weight`. Only the proposal changes: the acceptance
+            includes q_cut(i | y') / q_cut(i | y), computed on the proposed sequence, so the target stays p^alpha.
+            Needs `mh_suffix_rule="horizon"`; on vLLM an engine from `trl_power.load_vllm` (fused logprobs).
+        mh_cut_uniform_weight: The uniform share w of the entropy cut law (in (0, 1]; it keeps every position
+            proposable).
         finished_only: Which target the power samplers (mh, smc, sir, exact) aim at. Every answer ends with
             EOS or is cut at `max_new_tokens` = H. `True` (default): p^alpha over the *finished* answers only,
             p_alpha(y) ∝ p(y)^alpha 1{y ends with EOS}: a cut answer gets weight 0 (SIR, SMC), is rejected
@@ -52,16 +62,25 @@ class PowerSamplingConfig:
             completion), and no mass moved onto answers cut mid-sentence. A run in which no finished answer
             was found returns a cut one, flagged in `PowerSamplingOutput.finished` and counted in
             `stats["runs_without_finished"]`. Ignored by `temperature` and `low_temperature` (no target).
+        lookahead_candidates: `lookahead`: next tokens considered at each step, the K most likely under p.
+        lookahead_rollouts: `lookahead`: rollouts M per candidate that estimate log zeta (jackknifed).
+        lookahead_horizon: `lookahead`: most tokens of a rollout (a rollout that stops there before EOS counts with
+            its truncated suffix).
         num_particles: Particles per prompt for SMC, proposals per prompt for SIR.
         ess_threshold: SMC resamples (systematically) a run's particles still decoding, m of them, when their
             ESS < ess_threshold * m.
         resample_interval: SMC advances every particle this many tokens between resampling checks (1: after
             every token; Power-SMC checks every 64-128 tokens, which on the vLLM engine means one generate call
             per interval instead of per token). The weights carry the product over the interval: any value is exact.
+        anneal_tokens: SMC tempers its intermediate targets over the first this many tokens: p(y_{1:t})^{alpha_t}
+            with alpha_t rising linearly from 1 to alpha (Power-SMC anneals over the first few hundred tokens);
+            0 (default): alpha throughout. The final target is p^alpha either way.
         return_all_particles: SMC/SIR: return the whole weighted particle set (with `weights`) instead of
             one resampled completion per run.
         num_samples_per_prompt: Independent power samples per prompt (independent chains / runs).
-        batch_size: Chains (MH), prompts (SMC, SIR: each with its particles) or sequences processed together.
+        batch_size: Sequences decoded together (the memory a batch takes): MH chains, or whole runs of SMC/SIR
+            particles (batch_size // num_particles runs, at least one) and of lookahead rollouts
+            (batch_size // (lookahead_candidates * lookahead_rollouts) runs, at least one).
         exact_max_sequences: `method="exact"` refuses models with more completions than this.
         seed: Seeds every random draw. Chain j of prompt i draws from its own generator seeded by
             (seed, i, j), so results do not depend on batching. `None` draws a fresh seed.
@@ -78,10 +97,16 @@ class PowerSamplingConfig:
     block_size: int | None = None
     mcmc_steps: int = 10
     mh_suffix_rule: str = "horizon"
+    mh_cut: str = "uniform"
+    mh_cut_uniform_weight: float = 0.25
     finished_only: bool = True
+    lookahead_candidates: int = 8
+    lookahead_rollouts: int = 4
+    lookahead_horizon: int = 16
     num_particles: int = 16
     ess_threshold: float = 0.5
     resample_interval: int = 1
+    anneal_tokens: int = 0
     return_all_particles: bool = False
     num_samples_per_prompt: int = 1
     batch_size: int = 8
@@ -110,8 +135,20 @@ class PowerSamplingConfig:
             raise ValueError(f"mcmc_steps must be >= 0, got {self.mcmc_steps}")
         if self.mh_suffix_rule not in MH_SUFFIX_RULES:
             raise ValueError(f"mh_suffix_rule must be one of {MH_SUFFIX_RULES}, got {self.mh_suffix_rule!r}")
+        if min(self.lookahead_candidates, self.lookahead_rollouts, self.lookahead_horizon) < 1:
+            raise ValueError("lookahead_candidates, lookahead_rollouts and lookahead_horizon must be >= 1")
+        if self.mh_cut not in MH_CUTS:
+            raise ValueError(f"mh_cut must be one of {MH_CUTS}, got {self.mh_cut!r}")
+        if self.mh_cut == "entropy" and self.mh_suffix_rule != "horizon":
+            raise ValueError(
+                "mh_cut='entropy' needs mh_suffix_rule='horizon' (its acceptance has the cut correction)."
+            )
+        if not 0 < self.mh_cut_uniform_weight <= 1:
+            raise ValueError(f"mh_cut_uniform_weight must be in (0, 1], got {self.mh_cut_uniform_weight}")
         if self.num_particles < 1 or self.num_samples_per_prompt < 1 or self.batch_size < 1:
             raise ValueError("num_particles, num_samples_per_prompt and batch_size must be >= 1")
+        if self.anneal_tokens < 0:
+            raise ValueError(f"anneal_tokens must be >= 0, got {self.anneal_tokens}")
         if self.resample_interval < 1:
             raise ValueError(f"resample_interval must be >= 1, got {self.resample_interval}")
         if not 0 <= self.ess_threshold <= 1:
@@ -121,6 +158,19 @@ class PowerSamplingConfig:
     def proposal_tau(self) -> float:
         """The proposal temperature actually used (default 1/alpha)."""
         return self.proposal_temperature if self.proposal_temperature is not None else 1.0 / self.alpha
+
+    @property
+    def sequences_per_run(self) -> int:
+        """Sequences one run decodes at once (what `batch_size` counts)."""
+        if self.method in ("smc", "sir"):
+            return self.num_particles
+        if self.method == "lookahead":
+            return self.lookahead_candidates * self.lookahead_rollouts
+        return 1
+
+    @property
+    def runs_per_batch(self) -> int:
+        return max(1, self.batch_size // self.sequences_per_run)
 
     @property
     def mh_block_size(self) -> int:

@@ -4,10 +4,12 @@ A sampler holds *rows* (chains, particles, proposals): each row is a token seque
 `rows.tokens[b]`. An engine does three things with them:
 
 - `start(prompts, row_to_prompt)`: rows holding the prompts (row b = prompt row_to_prompt[b]);
-- `extend(rows, rng, max_steps, temperature, top_k, top_p)`: continue every row b by up to max_steps[b] tokens drawn
-  from the proposal q ∝ p^(1/temperature) (top-k / top-p truncated), stopping a row at EOS; returns the extended
-  rows and, per row, the new tokens with their per-token log p (the base model) and log q (the proposal actually
-  sampled from);
+- `extend(rows, rng, max_steps, temperature, top_k, top_p, entropy=False)`: continue every row b by up to
+  max_steps[b] tokens drawn from the proposal q ∝ p^(1/temperature) (top-k / top-p truncated), stopping a row at EOS;
+  returns a `Continuation`: the extended rows and, per row, the new tokens with their per-token log p (the base
+  model), log q (the proposal actually sampled from) and, when asked, the entropy of p at each of those positions;
+- `branch(rows, k)`: the k most likely next tokens of each row under p, their log p, and the rows extended by each
+  of them (row b's children are b*k .. b*k + k - 1); `rows` is consumed;
 - `score(prompts, completions)`: per-token log p of given completions.
 
 Rows are rearranged without any model call: `rows.select(idx)` (repeats allowed: resampling), `rows.truncate(idx,
@@ -23,7 +25,7 @@ seeded by (seed, prompt index, sample index) (`chain_generator`), so results do 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -101,6 +103,17 @@ class Rows(Protocol):
     def replace(self, idx: Sequence[int], other: Rows) -> Rows: ...
 
 
+class Continuation(NamedTuple):
+    """What `Engine.extend` returns: the extended rows and, per row, the new tokens, their log p and log q, and the
+    entropy of p at each new position (None unless asked for)."""
+
+    rows: Rows
+    tokens: list[list[int]]
+    logp: list[list[float]]
+    logq: list[list[float]]
+    entropy: list[list[float]] | None = None
+
+
 class Engine(Protocol):
     """What the samplers need from a model (see the module docstring)."""
 
@@ -117,7 +130,10 @@ class Engine(Protocol):
         temperature: float,
         top_k: int | None,
         top_p: float | None,
-    ) -> tuple[Rows, list[list[int]], list[list[float]], list[list[float]]]: ...
+        entropy: bool = False,
+    ) -> Continuation: ...
+
+    def branch(self, rows: Rows, k: int) -> tuple[list[list[int]], list[list[float]], Rows]: ...
 
     def score(
         self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]

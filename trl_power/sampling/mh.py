@@ -1,15 +1,15 @@
 """Metropolis-Hastings power sampling (Karan & Du 2025), batched over chains, with KV-cache reuse.
 
 Target pi(y) ∝ p(y|x)^alpha (times 1{y ends with EOS} in the last block with `finished_only`); proposal q =
-sampling at temperature tau (default 1/alpha). The answer grows in blocks of B tokens; after each block,
-`mcmc_steps` times: pick a cut point i uniformly over the L generated tokens, resample the suffix y'_{i:} from q,
-accept with
+sampling at temperature tau. The answer grows in blocks of B tokens; after each block, `mcmc_steps` times: pick a
+cut point i over the L generated tokens from q_cut(i | y) (uniform, or with `mh_cut="entropy"` weighted by the
+entropy of p at each position, `cut_law`), resample the suffix y'_{i:} from q, accept with
 
-    log A = alpha * [log p(y'_{i:}) - log p(y_{i:})] + [log q(y_{i:}) - log q(y'_{i:})] (+ log L - log L')
+    log A = alpha * [log p(y'_{i:}) - log p(y_{i:})] + [log q(y_{i:}) - log q(y'_{i:})] (+ log q_cut(i|y') - log q_cut(i|y))
 
 and stop a chain once its answer holds EOS. `mh_suffix_rule="horizon"` resamples up to the end of the
-current block (or EOS) and adds the cut-point correction log(L/L') (the reverse move picks i with
-probability 1/L'), which makes each block's kernel exact for the power of p truncated at that horizon (and,
+current block (or EOS) and adds the cut-point correction (the reverse move picks the same i from y': for uniform
+cuts log(L/L'); for entropy cuts computed on the proposed sequence's entropies), which makes each block's kernel exact for the power of p truncated at that horizon (and,
 in the last block, for p^alpha over finished answers with `finished_only`: a cut proposal is then rejected,
 and from a cut answer any finished proposal is accepted). The current-length rules resample back to the
 current length L with no correction: `"current_length"` sums the current answer's terms over [i, L') only,
@@ -40,11 +40,13 @@ def log_acceptance(
     rule: str,
     new_in_target: bool = True,
     old_in_target: bool = True,
+    log_cut_ratio: float | None = None,
 ) -> float:
     """log A for replacing the current suffix from cut point `cut` (lp_old, lq_old: its per-token log p, log q,
     the whole suffix [cut, L)) by a proposed one (lp_new, lq_new, ending at L'). `new_in_target` /
     `old_in_target`: whether each answer has positive target probability (False: a cut answer under the
-    finished-only target)."""
+    finished-only target). `log_cut_ratio` = log q_cut(cut | y') - log q_cut(cut | y), the reverse move's cut
+    probability against the forward one's (horizon rule; None: uniform cuts, log L - log L')."""
     if not new_in_target:
         return -math.inf
     if not old_in_target:
@@ -52,9 +54,33 @@ def log_acceptance(
     if rule == "current_length":  # the reference's ratio: the current answer's terms over [cut, L') only
         lp_old, lq_old = lp_old[: len(lp_new)], lq_old[: len(lq_new)]
     log_a = alpha * (sum(lp_new) - sum(lp_old)) + (sum(lq_old) - sum(lq_new))
-    if rule == "horizon":  # the reverse move picks its cut point with probability 1/L'
-        log_a += math.log(cut + len(lp_old)) - math.log(cut + len(lp_new))
+    if rule == "horizon":  # the reverse move picks the same cut point from y'
+        if log_cut_ratio is None:  # uniform: 1/L' against 1/L
+            log_cut_ratio = math.log(cut + len(lp_old)) - math.log(cut + len(lp_new))
+        log_a += log_cut_ratio
     return log_a
+
+
+def cut_law(entropies: list[float], uniform_weight: float) -> list[float]:
+    """q_cut(i | y) over the L generated positions: uniform_weight / L + (1 - uniform_weight) H_i / sum_j H_j, H_i the
+    entropy of p at position i (given y_<i). The entropy part places cuts at the decisions (a position where p is
+    nearly deterministic re-samples the same token and wastes the proposal); the uniform part keeps every position
+    proposable, so the chain stays irreducible. Uniform when every H_i is 0."""
+    L = len(entropies)
+    total = sum(entropies)
+    if total <= 0:
+        return [1.0 / L] * L
+    return [uniform_weight / L + (1.0 - uniform_weight) * h / total for h in entropies]
+
+
+def draw_cut(law: list[float], u: float) -> int:
+    """Inverse-CDF draw of a cut position."""
+    acc = 0.0
+    for i, q in enumerate(law):
+        acc += q
+        if u < acc:
+            return i
+    return len(law) - 1
 
 
 def sample_mh(engine: Engine, prompts, run_prompt, generators, config: PowerSamplingConfig, stats):
@@ -66,6 +92,9 @@ def sample_mh(engine: Engine, prompts, run_prompt, generators, config: PowerSamp
     plen = [len(prompts[i]) for i in run_prompt]
     lps: list[list[float]] = [[] for _ in range(B)]
     lqs: list[list[float]] = [[] for _ in range(B)]
+    hs: list[list[float]] = [[] for _ in range(B)]  # entropy of p at each position (entropy cuts)
+    entropy_cut = config.mh_cut == "entropy"
+    mix = config.mh_cut_uniform_weight
     rows = engine.start(prompts, run_prompt)  # rows.tokens[b]: prompt + the chain's current answer
     done = [False] * B
     attempts = accepts = 0
@@ -80,24 +109,33 @@ def sample_mh(engine: Engine, prompts, run_prompt, generators, config: PowerSamp
         # 1) grow every live chain to the horizon (or EOS)
         sub_rng = rng.subset(act)
         steps = [horizon - (len(rows.tokens[b]) - plen[b]) for b in act]
-        sub, _, lp, lq = engine.extend(rows.select(act), sub_rng, steps, tau, k, p)
+        sub, _, lp, lq, ent = engine.extend(rows.select(act), sub_rng, steps, tau, k, p, entropy=entropy_cut)
         for j, b in enumerate(act):
             lps[b] += lp[j]
             lqs[b] += lq[j]
+            if entropy_cut:
+                hs[b] += ent[j]
         rows = rows.replace(act, sub)
         # the finished-only target applies to the last block's answers
         restrict = config.finished_only and horizon == config.max_new_tokens
         # 2) MH steps on every live chain
         for _ in range(config.mcmc_steps):
             L = [len(rows.tokens[b]) - plen[b] for b in act]
-            u_cut = sub_rng.uniforms([True] * len(act))
-            cut = [min(int(u * n), n - 1) for u, n in zip(u_cut.tolist(), L)]
+            u_cut = sub_rng.uniforms([True] * len(act)).tolist()
+            if entropy_cut:
+                laws = [cut_law(hs[b], mix) for b in act]
+                cut = [draw_cut(law, u) for law, u in zip(laws, u_cut)]
+            else:
+                cut = [min(int(u * n), n - 1) for u, n in zip(u_cut, L)]
             prop = rows.truncate(act, [plen[b] + i for b, i in zip(act, cut)])
             target = [(horizon if rule == "horizon" else n) - i for n, i in zip(L, cut)]
-            prop, toks, lp, lq = engine.extend(prop, sub_rng, target, tau, k, p)
+            prop, toks, lp, lq, ent = engine.extend(prop, sub_rng, target, tau, k, p, entropy=entropy_cut)
             u_acc = sub_rng.uniforms([True] * len(act)).tolist()
             accepted = []
             for j, (b, i) in enumerate(zip(act, cut)):
+                log_cut_ratio = None
+                if entropy_cut:  # q_cut(i | y') over the proposal's positions, against q_cut(i | y)
+                    log_cut_ratio = math.log(cut_law(hs[b][:i] + ent[j], mix)[i]) - math.log(laws[j][i])
                 log_a = log_acceptance(
                     config.alpha,
                     i,
@@ -108,6 +146,7 @@ def sample_mh(engine: Engine, prompts, run_prompt, generators, config: PowerSamp
                     rule,
                     new_in_target=not restrict or (bool(toks[j]) and toks[j][-1] in eos_set),
                     old_in_target=not restrict or rows.tokens[b][-1] in eos_set,
+                    log_cut_ratio=log_cut_ratio,
                 )
                 attempts += 1
                 if (math.log(u_acc[j]) if u_acc[j] > 0 else -math.inf) < log_a:
@@ -115,6 +154,8 @@ def sample_mh(engine: Engine, prompts, run_prompt, generators, config: PowerSamp
                     accepted.append(j)
                     lps[b] = lps[b][:i] + lp[j]
                     lqs[b] = lqs[b][:i] + lq[j]
+                    if entropy_cut:
+                        hs[b] = hs[b][:i] + ent[j]
             if accepted:
                 rows = rows.replace([act[j] for j in accepted], prop.select(accepted))
         for b in act:

@@ -17,5 +17,5 @@ def sample_plain(engine: Engine, prompts, run_prompt, generators, config: PowerS
     rows = engine.start(prompts, run_prompt)
     rng = RunRandom(generators, range(len(run_prompt)))
     steps = [config.max_new_tokens] * len(run_prompt)
-    _, toks, lps, _ = engine.extend(rows, rng, steps, temperature, config.top_k, config.top_p)
+    _, toks, lps, _, _ = engine.extend(rows, rng, steps, temperature, config.top_k, config.top_p)
     return [[(t, sum(lp), None)] for t, lp in zip(toks, lps)]

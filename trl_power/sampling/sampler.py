@@ -15,6 +15,7 @@ from trl_power.modeling import context_length, continuation_texts, ensure_pad_to
 from trl_power.sampling.config import PowerSamplingConfig, PowerSamplingOutput
 from trl_power.sampling.engine import TokenCounter, chain_generator, is_vllm_llm, make_engine
 from trl_power.sampling.exact import sample_exact
+from trl_power.sampling.lookahead import sample_lookahead
 from trl_power.sampling.mh import sample_mh
 from trl_power.sampling.plain import sample_plain
 from trl_power.sampling.sir import sample_sir
@@ -26,6 +27,7 @@ _METHODS = {
     "mh": sample_mh,
     "smc": sample_smc,
     "sir": sample_sir,
+    "lookahead": sample_lookahead,
     "exact": sample_exact,
 }
 
@@ -93,8 +95,8 @@ class PowerSampler:
         start = time.perf_counter()
         with contextlib.nullcontext() if is_vllm_llm(self.model) else eval_mode(self.model):
             bar = tqdm(total=len(runs), desc=f"power sampling ({cfg.method})", disable=not cfg.show_progress)
-            for b in range(0, len(runs), cfg.batch_size):
-                batch = runs[b : b + cfg.batch_size]
+            for b in range(0, len(runs), cfg.runs_per_batch):
+                batch = runs[b : b + cfg.runs_per_batch]
                 uniq = sorted({i for i, _ in batch})
                 local = {i: k for k, i in enumerate(uniq)}
                 gens = [chain_generator(seed, i, j) for i, j in batch]
@@ -159,4 +161,4 @@ class PowerSampler:
         )
 
     def _has_target(self) -> bool:
-        return self.config.method in ("mh", "smc", "sir", "exact")
+        return self.config.method in ("mh", "smc", "sir", "lookahead", "exact")

@@ -50,7 +50,7 @@ def sample_sir(engine: Engine, prompts, run_prompt, generators, config: PowerSam
     rows = engine.start(prompts, [p for p in run_prompt for _ in range(N)])
     rng = RunRandom(generators, [r for r in range(len(run_prompt)) for _ in range(N)])
     steps = [config.max_new_tokens] * len(rows.tokens)
-    _, toks, lps, lqs = engine.extend(rows, rng, steps, config.proposal_tau, config.top_k, config.top_p)
+    _, toks, lps, lqs, _ = engine.extend(rows, rng, steps, config.proposal_tau, config.top_k, config.top_p)
     results = []
     for r in range(len(run_prompt)):
         sl = slice(r * N, (r + 1) * N)

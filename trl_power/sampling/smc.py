@@ -5,7 +5,10 @@ gamma_t(y_{1:t}) = p(y_{1:t})^alpha, so each new token multiplies a live particl
 
     p(y_t | y_<t)^alpha / q(y_t | y_<t)      (for tau = 1/alpha: the local normaliser sum_v p(v | y_<t)^alpha);
 
-a particle that has emitted EOS is complete: its weight stays as it is and it is never resampled. The particles
+a particle that has emitted EOS is complete and is never resampled. With `anneal_tokens` = A > 0 the intermediate
+targets are tempered, gamma_t = p(y_{1:t})^{alpha_t} with alpha_t = 1 + (alpha - 1) min(1, t/A) (Power-SMC), so a step
+multiplies the weight by p(y_{1:t'})^{alpha_t'} / (p(y_{1:t})^{alpha_t} q(new tokens)), complete particles included
+(their exponent moves too), and the final target is p^alpha exactly. The particles
 advance `resample_interval` tokens between resampling checks (1: after every token; Power-SMC checks every
 64-128); their weights then carry the product over those tokens, so the targets stay exact. When the m
 particles still decoding have ESS = (sum w)^2 / sum w^2 < ess_threshold * m, those m are resampled
@@ -35,12 +38,27 @@ def systematic_resample(weights: np.ndarray, u: float) -> np.ndarray:
     return np.minimum(np.searchsorted(np.cumsum(weights), points, side="right"), N - 1)
 
 
+def annealed_alpha(alpha: float, tokens: int, anneal_tokens: int) -> float:
+    """The exponent of the intermediate target after `tokens` tokens: 1 + (alpha - 1) min(1, tokens / anneal_tokens)
+    (alpha throughout when anneal_tokens = 0)."""
+    if anneal_tokens <= 0:
+        return alpha
+    return 1.0 + (alpha - 1.0) * min(1.0, tokens / anneal_tokens)
+
+
 def update_log_weights(
-    logw: np.ndarray, alpha: float, logp: np.ndarray, logq: np.ndarray, live: np.ndarray
+    logw: np.ndarray,
+    alpha_now: float,
+    alpha_prev: float,
+    logp_now: np.ndarray,
+    logp_prev: np.ndarray,
+    logq_new: np.ndarray,
 ) -> np.ndarray:
-    """log w_t = log w_{t-1} + alpha * log p(y) - log q(y) over the tokens the `live` particles just drew
-    (logp, logq: their sums); complete particles keep their weight."""
-    return logw + np.where(live, alpha * logp - logq, 0.0)
+    """From gamma_prev = p(y_prefix)^alpha_prev to gamma_now = p(y_prefix')^alpha_now over a step that drew the new
+    tokens from q: log w += alpha_now * log p(prefix') - alpha_prev * log p(prefix) - log q(new tokens). logp_*: the
+    particles' cumulative sequence log p; a complete particle has logp_now = logp_prev and logq_new = 0, so only the
+    change of exponent reaches it (nothing without annealing)."""
+    return logw + alpha_now * logp_now - alpha_prev * logp_prev - logq_new
 
 
 def still_decoding(live: np.ndarray, new_tokens: list[list[int]], eos_ids) -> np.ndarray:
@@ -72,16 +90,21 @@ def sample_smc(engine: Engine, prompts, run_prompt, generators, config: PowerSam
     lps: list[list[float]] = [[] for _ in range(R * N)]
     logw = np.zeros(R * N)
     alive = np.ones(R * N, dtype=bool)
+    logp_seq = np.zeros(R * N)  # cumulative log p of each particle
     resamples, ess_sum, ess_count, generated = 0, 0.0, 0, 0
+    alpha_prev = annealed_alpha(config.alpha, 0, config.anneal_tokens)
     while generated < H and alive.any():
         k = min(interval, H - generated)
         steps = np.where(alive, k, 0).tolist()
-        rows, new_t, new_p, new_q = engine.extend(
+        rows, new_t, new_p, new_q, _ = engine.extend(
             rows, rng, steps, config.proposal_tau, config.top_k, config.top_p
         )
-        lp_sum = np.array([sum(x) for x in new_p])
-        lq_sum = np.array([sum(x) for x in new_q])
-        logw = update_log_weights(logw, config.alpha, lp_sum, lq_sum, alive)
+        logp_new = logp_seq + np.array([sum(x) for x in new_p])
+        alpha_now = annealed_alpha(config.alpha, generated + k, config.anneal_tokens)
+        logw = update_log_weights(
+            logw, alpha_now, alpha_prev, logp_new, logp_seq, np.array([sum(x) for x in new_q])
+        )
+        logp_seq, alpha_prev = logp_new, alpha_now
         for i in np.flatnonzero(alive):
             toks[i] += new_t[i]
             lps[i] += new_p[i]
@@ -106,12 +129,14 @@ def sample_smc(engine: Engine, prompts, run_prompt, generators, config: PowerSam
                 resamples += 1
         if not np.array_equal(order, np.arange(R * N)):
             rows = rows.select(order.tolist())
-            alive = alive[order]
+            alive, logp_seq = alive[order], logp_seq[order]
             toks = [list(toks[j]) for j in order]
             lps = [list(lps[j]) for j in order]
     stats["resample_count"] = stats.get("resample_count", 0) + resamples
     stats["_ess_sum"] = stats.get("_ess_sum", 0.0) + ess_sum
     stats["_ess_count"] = stats.get("_ess_count", 0) + ess_count
+    # the final target is p^alpha whatever the schedule reached (every answer stopped before anneal_tokens)
+    logw = update_log_weights(logw, config.alpha, alpha_prev, logp_seq, logp_seq, np.zeros(R * N))
     eos_set = set(engine.eos_ids)
     finished = np.array([bool(t) and t[-1] in eos_set for t in toks])
     logw = final_log_weights(logw, finished, config.finished_only)

