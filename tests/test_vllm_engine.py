@@ -105,7 +105,12 @@ def test_mh_on_vllm_has_the_law_of_the_exact_kernel(llm, twin):
 
 @pytest.mark.parametrize(
     "method, kwargs",
-    [("sir", {}), ("smc", {"ess_threshold": 1.0}), ("smc", {"ess_threshold": 1.0, "resample_interval": 2})],
+    [
+        ("sir", {}),
+        ("smc", {"ess_threshold": 1.0}),
+        ("smc", {"ess_threshold": 1.0, "resample_interval": 2}),
+        ("smc", {"ess_threshold": 1.0, "anneal_tokens": 3}),
+    ],
 )
 def test_weighted_particles_on_vllm_are_unbiased(llm, twin, method, kwargs):
     """Z_hat * sum_k w_k 1{y_k = y} is unbiased for p(y)^alpha (Hotelling T^2 over 1000 runs of 4 particles, level
@@ -140,6 +145,49 @@ def test_low_temperature_on_vllm_is_not_p_alpha(llm, twin):
     assert total_variation(q_low, exact) > 0.3
     out = sample(llm, "low_temperature", alpha, n=n)
     assert total_variation(empirical_distribution(out.completion_ids), q_low) <= expected_tv_bound(q_low, n)
+
+
+def test_entropies_and_branches_on_vllm_are_those_of_the_model(llm, twin):
+    """The fused entropy H(p(. | prefix)) at each sampled position (entropy-placed MH cuts) and `branch`'s top-k of p
+    (lookahead) equal the transformers twin's, computed from its logits (float32: to 1e-3)."""
+    from trl_power.sampling.engine import RunRandom, chain_generator, make_engine
+
+    engine = make_engine(llm, llm.get_tokenizer())
+    rows = engine.start([[4]], [0] * 6)
+    rng = RunRandom([chain_generator(0, 0, j) for j in range(6)], range(6))
+    cont = engine.extend(rows, rng, [T] * 6, 1.0, None, None, entropy=True)
+    with torch.no_grad():
+        for toks, ents in zip(cont.tokens, cont.entropy):
+            logp = torch.log_softmax(twin(input_ids=torch.tensor([[4] + toks])).logits[0].double(), -1)
+            exact = -(logp.exp() * logp).sum(-1)[: len(toks)]
+            assert np.allclose(ents, exact.numpy(), atol=1e-3)
+    ids, lps, children = engine.branch(engine.start([[4], [4, 2]], [0, 1]), 3)
+    with torch.no_grad():
+        for prefix, got_ids, got_lps in zip(([4], [4, 2]), ids, lps):
+            logp = torch.log_softmax(twin(input_ids=torch.tensor([prefix])).logits[0, -1].double(), -1)
+            top = torch.topk(logp, 3)
+            assert got_ids == top.indices.tolist()
+            assert np.allclose(got_lps, top.values.numpy(), atol=1e-3)
+    assert children.tokens[:3] == [[4, v] for v in ids[0]]
+
+
+def test_entropy_cut_mh_and_lookahead_on_vllm(llm, twin):
+    """Entropy-cut MH (400 chains, 40 steps, alpha 2, tau 0.5, truncated target) against the exact entropy-cut kernel
+    by chi-square (power >= 0.99 against no proposal correction, asserted; the cut ratio's own power is on the
+    transformers engine, where the entropies of the trap model differ more); the lookahead (K = vocab, M = 8, rollouts
+    to the end) within the iid TV bound of p^2 (n = 400)."""
+    kernel = MHKernel(twin, [4], vocab=5, horizon=T, tau=0.5)
+    law = kernel.law_after(40, 2.0, finished_only=False, cut="entropy")
+    wrong = kernel.law_after(40, 2.0, finished_only=False, cut="entropy", mutation="no_proposal_correction")
+    assert chi_square_power(law, wrong, 400, LEVEL) > 0.99
+    out = sample(llm, "mh", 2.0, mcmc_steps=40, block_size=T, mh_cut="entropy")
+    stat, df, pvalue = chi_square(out.completion_ids, law)
+    assert pvalue > LEVEL, (stat, df, pvalue)
+    exact = exact_power_distribution(twin, None, [4], 2.0, T, finished_only=False)
+    out = sample(
+        llm, "lookahead", 2.0, lookahead_candidates=5, lookahead_rollouts=8, lookahead_horizon=T, batch_size=16000
+    )
+    assert total_variation(empirical_distribution(out.completion_ids), exact) <= expected_tv_bound(exact, 400)
 
 
 def test_same_seed_same_samples_on_vllm(llm):
