@@ -118,7 +118,9 @@ class MHKernel:
                         if cut == "uniform" or mutation == "uniform_cut_correction":
                             log_a += math.log(L) - math.log(len(y_new))
                         elif mutation != "no_cut_correction":
-                            log_a += math.log(self.cut_law(y_new, cut, uniform_weight)[i]) - math.log(forward[i])
+                            log_a += math.log(self.cut_law(y_new, cut, uniform_weight)[i]) - math.log(
+                                forward[i]
+                            )
                     if finished_only and not self.finished(y_new):
                         log_a = -math.inf
                     elif finished_only and not self.finished(y):

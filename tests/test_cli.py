@@ -16,6 +16,8 @@ from trl_power import cli
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "configs" / "tiny"
 LAUNCHED = ["sample", "self-reward", "distill", "eval"]
+SCRIPTS = cli.script_commands()
+OURS = {"single_gpu", "multi_cpu"}
 
 
 @pytest.fixture
@@ -31,18 +33,18 @@ def test_top_level_help_lists_every_command(capsys):
         cli.main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in [*cli.RECIPES, "demo"]:
+    for command in [*SCRIPTS, "demo"]:
         assert command in out
 
 
-@pytest.mark.parametrize("command", list(cli.RECIPES))
+@pytest.mark.parametrize("command", list(SCRIPTS))
 def test_recipe_help_shows_every_option_with_its_default(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: trl-power {command}")
-    parser = cli.load_recipe(command).make_parser()
+    parser = SCRIPTS[command].module().make_parser()
     options = [a for a in parser._actions if a.dest not in ("help", "config")]
     for action in options:
         assert action.help, f"--{action.dest} has no description"
@@ -60,7 +62,7 @@ def test_launch_command_line(launches, tmp_path):
     argv += ["--main_process_port", "29777"]
     assert cli.main(["eval", *argv]) == 0
     (launch,) = launches
-    script = launch.index(str(ROOT / "recipes" / "evaluate.py"))
+    script = launch.index(str(ROOT / "trl_power" / "scripts" / "evaluate.py"))
     assert launch[:2] == ["--config_file", str(ROOT / "accelerate_configs" / "multi_cpu.yaml")]
     assert sorted(launch[2:script]) == sorted(["--num_processes", "2", "--main_process_port", "29777"])
     assert launch[script + 1 :] == ["--config", str(tmp_path / "eval.yaml"), "--max_prompts", "3"]
@@ -73,26 +75,47 @@ def test_every_training_command_launches_its_recipe(command, launches):
     ]
     assert cli.main([command, "--config", str(TINY / f"{config}.yaml")]) == 0
     (launch,) = launches
-    assert launch[0] == str(ROOT / "recipes" / cli.RECIPES[command][0])
+    assert launch[0] == SCRIPTS[command].script_path()
+    assert Path(launch[0]).parent == ROOT / "trl_power" / "scripts"
     assert launch[1:] == ["--config", str(TINY / f"{config}.yaml")]
 
 
 def test_accelerate_config_names_and_paths():
+    """Our two configs (single_gpu: one process, where TRL's sets 8; multi_cpu: two gloo processes) and TRL's own
+    (multi_gpu, fsdp2, zero2, zero3, ...) by name, any file by path, both option spellings."""
+    import importlib.resources as resources
+
+    trl_dir = Path(next(iter(resources.files("trl.accelerate_configs").iterdir()))).parent
     names = cli.accelerate_config_names()
     assert {"single_gpu", "multi_gpu", "fsdp2", "zero2", "zero3", "multi_cpu"} <= set(names)
     for name in names:
-        path = ROOT / "accelerate_configs" / f"{name}.yaml"
+        path = ROOT / "accelerate_configs" / f"{name}.yaml" if name in OURS else trl_dir / f"{name}.yaml"
         assert cli.resolve_accelerate_config(["--accelerate_config", name, "--x"]) == [
             "--config_file",
             str(path),
             "--x",
         ]
         assert cli.resolve_accelerate_config([f"--accelerate_config={path}"]) == ["--config_file", str(path)]
-        settings = yaml.safe_load(path.read_text())
-        assert settings["num_processes"] == {"single_gpu": 1, "multi_cpu": 2}.get(name, 8)
-        assert settings["use_cpu"] == (name == "multi_cpu")
+        if name in OURS:
+            settings = yaml.safe_load(path.read_text())
+            assert settings["num_processes"] == {"single_gpu": 1, "multi_cpu": 2}[name]
+            assert settings["use_cpu"] == (name == "multi_cpu")
+    assert yaml.safe_load((trl_dir / "single_gpu.yaml").read_text())["num_processes"] == 8  # why ours exists
     with pytest.raises(ValueError, match="neither a file nor one of"):
         cli.resolve_accelerate_config(["--accelerate_config", "zero4"])
+    with pytest.raises(ValueError, match="needs a value"):
+        cli.resolve_accelerate_config(["--accelerate_config"])
+
+
+def test_the_trl_cli_helpers_we_reuse_behave_as_we_rely_on():
+    """`trl.cli` helpers are reused, one of them private (`_subtract_subsequence`): a TRL release that changes them
+    fails here, by name, rather than in a launch."""
+    from trl.cli.commands.base import Command, CommandContext
+    from trl.cli.commands.training import _subtract_subsequence
+
+    assert _subtract_subsequence(["a", "--n", "2", "b", "--n"], ["--n", "2"]) == ["a", "b", "--n"]
+    assert CommandContext(argv=["x", "eval", "--a"]).argv_after("eval") == ["--a"]
+    assert all(isinstance(c, Command) for c in cli.get_commands())
 
 
 def test_bad_config_fails_before_anything_is_launched(launches, tmp_path, capsys):

@@ -15,8 +15,9 @@ from launch import accelerate_launch
 
 import trl_power.data as data
 from trl_power import PowerSampler, PowerSamplingConfig, generate_power_dataset
-from trl_power.data import power_dataset_metadata, shard_seed, tokenize_prompt
+from trl_power.data import power_dataset_metadata, shard_seed
 from trl_power.modeling import continuation_texts
+from trl_power.prompts import tokenize_prompt
 from trl_power.scoring import sequence_logprobs
 from trl_power.tiny_models import build_model, build_tokenizer
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from trl_power import theory
+from trl_power.diagnostic import covariance_diagnostic
 from trl_power.evaluation import (
     accuracy,
-    covariance_diagnostic,
     evaluate_method,
     evaluate_sampling_output,
     format_results,
@@ -21,6 +21,15 @@ from trl_power.evaluation import (
     pass_at_k,
 )
 from trl_power.tiny_models import build_model, build_tokenizer
+
+
+def snis(r, lp, s) -> tuple[float, float]:
+    """This test's own reference, one prompt, by definition: (Cov_{p_s}(r, log p), E_{p_s}[r] - mean r) with the
+    self-normalised weights w_j ∝ p(y_j)^(s-1)."""
+    r, lp = np.asarray(r, dtype=float), np.asarray(lp, dtype=float)
+    w = np.exp((s - 1.0) * (lp - lp.max()))
+    w /= w.sum()
+    return float(w @ ((r - w @ r) * (lp - w @ lp))), float(w @ r - r.mean())
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
@@ -83,7 +92,7 @@ def test_evaluate_sampling_output_groups_rows_by_prompt():
 
 def test_predicted_gain_is_the_integral_of_the_curve_in_closed_form():
     """The gain is sum_j w_j(alpha) r_j - mean r, the exact integral of the estimated covariance curve: a converged
-    quadrature of the curve (20001 points of Cov_{p_s}, computed by `theory.power_covariance`) agrees with it to 1e-6,
+    quadrature of the curve (20001 points of Cov_{p_s}, computed by `snis`) agrees with it to 1e-6,
     while the 65-point trapezoid the diagnostic used to report is off by more than 3% on a 60-nat spread of log p
     (the curve is a peak of width ~1/60 in s there, narrower than the grid's 3/64)."""
     rng = np.random.default_rng(0)
@@ -94,13 +103,15 @@ def test_predicted_gain_is_the_integral_of_the_curve_in_closed_form():
     alpha = 4.0
     diag = covariance_diagnostic(r, lp, alpha=alpha, bootstrap=0)
     fine = np.linspace(1.0, alpha, 20001)
-    integral = np.trapezoid([theory.power_covariance(r, lp, x) for x in fine], fine)
+    integral = np.trapezoid([snis(r, lp, x)[0] for x in fine], fine)
     assert diag.predicted_gain == pytest.approx(integral, abs=1e-6)
-    assert diag.predicted_gain == pytest.approx(theory.predicted_gain(r, lp, alpha), abs=1e-12)
+    assert diag.predicted_gain == pytest.approx(snis(r, lp, alpha)[1], abs=1e-12)
+    assert theory.predicted_gain(r, lp, alpha) == pytest.approx(snis(r, lp, alpha)[1], abs=1e-12)
     coarse = np.trapezoid(diag.covariance, diag.s)
     assert abs(coarse - diag.predicted_gain) > 0.03 * abs(diag.predicted_gain)
     for k in (0, 32, 64):
-        assert diag.covariance[k] == pytest.approx(theory.power_covariance(r, lp, diag.s[k]), abs=1e-12)
+        assert diag.covariance[k] == pytest.approx(snis(r, lp, diag.s[k])[0], abs=1e-12)
+        assert theory.power_covariance(r, lp, diag.s[k]) == pytest.approx(diag.covariance[k], abs=1e-12)
     assert diag.ess_at_alpha == pytest.approx(theory.effective_sample_size(theory.power_weights(lp, alpha)))
     with pytest.raises(ValueError):
         covariance_diagnostic(r, lp, alpha=3.0, bootstrap=5, interval="bca")
@@ -165,7 +176,7 @@ def test_diagnostic_normalises_weights_per_prompt():
     lp = rng.normal(-4, 1, size=(3, 20)) + np.array([[0.0], [-30.0], [-60.0]])
     diag = covariance_diagnostic(r, lp, alpha=2.0, num_points=9, bootstrap=0)
     for k, s in enumerate(diag.s):
-        expected = np.mean([theory.power_covariance(r[i], lp[i], s) for i in range(3)])
+        expected = np.mean([snis(r[i], lp[i], s)[0] for i in range(3)])
         assert diag.covariance[k] == pytest.approx(expected, abs=1e-12)
     flat = covariance_diagnostic(
         r.ravel(), lp.ravel(), alpha=2.0, num_points=9, bootstrap=0, groups=np.repeat(np.arange(3), 20)
@@ -174,9 +185,7 @@ def test_diagnostic_normalises_weights_per_prompt():
     ragged = covariance_diagnostic(
         [r[0], r[1][:5]], [lp[0], lp[1][:5]], alpha=2.0, num_points=9, bootstrap=20
     )
-    expected = np.mean(
-        [theory.predicted_gain(r[0], lp[0], 2.0), theory.predicted_gain(r[1][:5], lp[1][:5], 2.0)]
-    )
+    expected = np.mean([snis(r[0], lp[0], 2.0)[1], snis(r[1][:5], lp[1][:5], 2.0)[1]])
     assert ragged.predicted_gain == pytest.approx(expected, abs=1e-12)
 
 

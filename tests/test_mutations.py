@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import trl_power.evaluation as evaluation
+import trl_power.diagnostic as diagnostic
 import trl_power.sampling.mh as mh
 import trl_power.sampling.sir as sir
 import trl_power.sampling.smc as smc
@@ -212,7 +212,7 @@ def test_diagnostic_two_stage_bootstrap(monkeypatch):
     """The former interval: resample prompts, then samples within them (within-prompt noise counted twice)."""
     from test_evaluation import test_bootstrap_intervals_cover_at_their_level as check
 
-    original = evaluation.covariance_diagnostic
+    original = diagnostic.covariance_diagnostic
 
     def two_stage(
         rewards, base_logprobs, alpha, num_points=65, bootstrap=200, seed=0, resample="samples", **kw
@@ -226,7 +226,7 @@ def test_diagnostic_two_stage_bootstrap(monkeypatch):
             pi = rng.integers(0, P, P)
             sj = rng.integers(0, n, (P, n))
             rb, lb = np.take_along_axis(r[pi], sj, 1), np.take_along_axis(lp[pi], sj, 1)
-            gains.append(evaluation._prompt_gains(rb, lb, np.ones_like(rb), alpha).mean())
+            gains.append(diagnostic._prompt_gains(rb, lb, np.ones_like(rb), alpha).mean())
         diag.gain_ci = tuple(np.quantile(gains, [0.05, 0.95]))
         return diag
 
@@ -239,7 +239,7 @@ def test_diagnostic_two_stage_bootstrap(monkeypatch):
 def test_diagnostic_trapezoid_gain(monkeypatch):
     from test_evaluation import test_predicted_gain_is_the_integral_of_the_curve_in_closed_form as check
 
-    original = evaluation.covariance_diagnostic
+    original = diagnostic.covariance_diagnostic
 
     def trapezoid(*args, **kwargs):
         diag = original(*args, **kwargs)

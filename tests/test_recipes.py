@@ -1,4 +1,4 @@
-"""The recipes end to end on tiny models saved offline, from YAML configs written here; bad configs; 2 processes.
+"""The recipes (trl_power/scripts) end to end on tiny models saved offline, from YAML configs written here; bad configs; 2 processes.
 
 Every recipe runs in this process (`main(*parse_args(make_parser(), ["--config", yaml]))`, exactly what the script's
 `__main__` does), except the two-process run, which goes through `accelerate launch` with accelerate_configs/multi_cpu.
@@ -17,8 +17,9 @@ import yaml
 from datasets import load_from_disk
 from launch import accelerate_launch
 
-from trl_power.cli import load_recipe
+from trl_power.cli import script_commands
 from trl_power.scoring import sequence_logprobs
+from trl_power.scripts.utils import parse_args
 from trl_power.tasks import get_task, load_task_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,9 +30,7 @@ SMC = {"method": "smc", "alpha": 4.0, "max_new_tokens": 28, "num_particles": 4, 
 def run_recipe(command: str, config: dict, path: Path, *overrides: str):
     """Write `config` as YAML to `path` and run the recipe of `command` on it, in this process."""
     path.write_text(yaml.safe_dump(config))
-    recipe = load_recipe(command)
-    from recipe_utils import parse_args  # on sys.path once a recipe is loaded
-
+    recipe = script_commands()[command].module()
     return recipe.main(*parse_args(recipe.make_parser(), ["--config", str(path), *overrides]))
 
 
@@ -413,9 +412,7 @@ def test_shipped_configs_parse(path):
     """Every shipped config is valid for its recipe (no unknown field, valid values); the tiny ones point at files
     that ship with the repository (or that an earlier tiny job writes under outputs/)."""
     command = next(c for prefix, c in CONFIG_RECIPES.items() if path.stem.startswith(prefix))
-    recipe = load_recipe(command)
-    from recipe_utils import parse_args
-
+    recipe = script_commands()[command].module()
     extra = (
         ["--use_cpu", "true"] if command in ("distill", "self-reward") else []
     )  # bf16 configs, on this CPU

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from trl_power import PowerSampler, PowerSamplingConfig
-from trl_power.sampling.engine import chain_generator
 from trl_power.sampling.transformers_engine import proposal_logprobs, sample_from_logprobs
+from trl_power.seeding import chain_generator
 from trl_power.tiny_models import build_model, build_tokenizer
 
 EOS = 0

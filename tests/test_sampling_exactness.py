@@ -259,7 +259,13 @@ def test_resampled_outputs_reach_p_alpha(random_model, method, alpha, finished_o
     a cut answer, counted in the TV). 64 particles: SIR's O(1/N) bias at alpha 4 with 32 is ~0.09 on this model."""
     exact = exact_power_distribution(random_model, None, [4], alpha, T, finished_only=finished_only)
     out = _sample(
-        random_model, method, alpha, finished_only, num_particles=64, batch_size=6400, proposal_temperature=tau
+        random_model,
+        method,
+        alpha,
+        finished_only,
+        num_particles=64,
+        batch_size=6400,
+        proposal_temperature=tau,
     )
     if finished_only:
         assert out.stats["runs_without_finished"] == sum(not f for f in out.finished)
@@ -280,7 +286,11 @@ def test_the_targets_differ(random_model):
 def test_power_samplers_escape_the_trap(trap_model, method):
     alpha = 4.0
     exact = exact_power_distribution(trap_model, None, [4], alpha, T)
-    settings = dict(mcmc_steps=40, block_size=T, batch_size=750) if method == "mh" else dict(num_particles=32, batch_size=8192)
+    settings = (
+        dict(mcmc_steps=40, block_size=T, batch_size=750)
+        if method == "mh"
+        else dict(num_particles=32, batch_size=8192)
+    )
     out = _sample(trap_model, method, alpha, True, **settings)
     tv = total_variation(empirical_distribution(out.completion_ids), exact)
     assert tv <= expected_tv_bound(exact, N_SAMPLES), (method, tv)

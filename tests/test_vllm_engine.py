@@ -117,7 +117,14 @@ def test_weighted_particles_on_vllm_are_unbiased(llm, twin, method, kwargs):
     1e-3), also when SMC resamples only every 2 tokens (`resample_interval`)."""
     runs, particles = 1000, 4
     out = sample(
-        llm, method, 2.0, n=runs, num_particles=particles, return_all_particles=True, batch_size=1000, **kwargs
+        llm,
+        method,
+        2.0,
+        n=runs,
+        num_particles=particles,
+        return_all_particles=True,
+        batch_size=1000,
+        **kwargs,
     )
     assert unbiasedness_pvalue(twin, out, 2.0, False, runs, particles) > LEVEL
 
@@ -150,7 +157,8 @@ def test_low_temperature_on_vllm_is_not_p_alpha(llm, twin):
 def test_entropies_and_branches_on_vllm_are_those_of_the_model(llm, twin):
     """The fused entropy H(p(. | prefix)) at each sampled position (entropy-placed MH cuts) and `branch`'s top-k of p
     (lookahead) equal the transformers twin's, computed from its logits (float32: to 1e-3)."""
-    from trl_power.sampling.engine import RunRandom, chain_generator, make_engine
+    from trl_power.sampling.engine import RunRandom, make_engine
+    from trl_power.seeding import chain_generator
 
     engine = make_engine(llm, llm.get_tokenizer())
     rows = engine.start([[4]], [0] * 6)
@@ -185,7 +193,13 @@ def test_entropy_cut_mh_and_lookahead_on_vllm(llm, twin):
     assert pvalue > LEVEL, (stat, df, pvalue)
     exact = exact_power_distribution(twin, None, [4], 2.0, T, finished_only=False)
     out = sample(
-        llm, "lookahead", 2.0, lookahead_candidates=5, lookahead_rollouts=8, lookahead_horizon=T, batch_size=16000
+        llm,
+        "lookahead",
+        2.0,
+        lookahead_candidates=5,
+        lookahead_rollouts=8,
+        lookahead_horizon=T,
+        batch_size=16000,
     )
     assert total_variation(empirical_distribution(out.completion_ids), exact) <= expected_tv_bound(exact, 400)
 

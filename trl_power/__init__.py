@@ -21,7 +21,7 @@ _LAZY = {
     "PowerDistillTrainer": "trl_power.trainers.distill",
     "alpha_to_beta": "trl_power.theory",
     "beta_to_alpha": "trl_power.theory",
-    "exact_power_distribution": "trl_power.theory",
+    "exact_power_distribution": "trl_power.sampling.exact",
     "load_vllm": "trl_power.sampling.vllm_engine",
 }
 
@@ -43,8 +43,9 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from trl_power.data import generate_power_dataset
     from trl_power.sampling import PowerSampler, PowerSamplingConfig, PowerSamplingOutput
+    from trl_power.sampling.exact import exact_power_distribution
     from trl_power.sampling.vllm_engine import load_vllm
-    from trl_power.theory import alpha_to_beta, beta_to_alpha, exact_power_distribution
+    from trl_power.theory import alpha_to_beta, beta_to_alpha
     from trl_power.trainers.distill import PowerDistillConfig, PowerDistillTrainer
     from trl_power.trainers.self_reward import PowerSelfRewardConfig, PowerSelfRewardTrainer
 

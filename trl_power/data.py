@@ -24,11 +24,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from trl_power.prompts import prompt_format, tokenize_prompt
 from trl_power.sampling import PowerSampler, PowerSamplingConfig
 from trl_power.sampling.engine import is_vllm_llm
+from trl_power.seeding import derived_seed, fresh_seed
 
 METADATA_KEY = "trl_power"
 MANIFEST_FILE = "power_dataset.json"
@@ -68,50 +69,6 @@ _ADDITIVE_STATS = (
 )
 
 
-# ----- prompts ----------------------------------------------------------------------------------------------------
-
-
-def prompt_format(prompt: Any) -> str:
-    """`"text"` (a string), `"conversational"` (a list of {"role", "content"} messages) or `"ids"` (token ids)."""
-    if isinstance(prompt, str):
-        return "text"
-    if isinstance(prompt, Sequence) and len(prompt) > 0:
-        if all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
-            return "conversational"
-        if all(isinstance(t, int | np.integer) and not isinstance(t, bool) for t in prompt):
-            return "ids"
-    raise ValueError(
-        "Each prompt must be a string, a non-empty list of {'role', 'content'} messages, or a non-empty list of "
-        f"token ids; got {prompt!r:.200}."
-    )
-
-
-def tokenize_prompt(tokenizer: Any, prompt: Any) -> list[int]:
-    """The token ids a prompt is answered from, exactly as TRL's `SFTTrainer` tokenizes a prompt.
-
-    text: `tokenizer(prompt)` (special tokens added, as `PowerSampler` and `SFTTrainer` both do);
-    conversational: `tokenizer.apply_chat_template(prompt, add_generation_prompt=True)`; ids: as given.
-    """
-    kind = prompt_format(prompt)
-    if kind == "ids":
-        return [int(t) for t in prompt]
-    if tokenizer is None:
-        raise ValueError("Text and conversational prompts need a tokenizer.")
-    if kind == "text":
-        ids = list(tokenizer(text=prompt)["input_ids"])
-    else:
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError("Conversational prompts need a tokenizer with a chat template.")
-        ids = list(
-            tokenizer.apply_chat_template(
-                prompt, tokenize=True, add_generation_prompt=True, return_dict=True
-            )["input_ids"]
-        )
-    if not ids:
-        raise ValueError(f"The prompt {prompt!r:.100} tokenizes to no tokens.")
-    return ids
-
-
 def _prompts_from_input(prompts_or_dataset: Any) -> tuple[list[Any], Any]:
     """(list of prompts, input `datasets.Dataset` or None)."""
     from datasets import Dataset
@@ -141,9 +98,8 @@ def _prompts_from_input(prompts_or_dataset: Any) -> tuple[list[Any], Any]:
 
 
 def shard_seed(seed: int, shard: int) -> int:
-    """The sampler seed of shard `shard` (a 63-bit integer derived from (seed, shard) alone)."""
-    state = np.random.SeedSequence([int(seed), int(shard)]).generate_state(1, dtype=np.uint64)
-    return int(state[0] >> np.uint64(1))
+    """The sampler seed of shard `shard`: derived from (seed, shard) alone."""
+    return derived_seed(seed, shard)
 
 
 def _sampling_dict(config: PowerSamplingConfig) -> dict[str, Any]:
@@ -413,7 +369,7 @@ def generate_power_dataset(
                 manifest = None
             if manifest is None:
                 if seed is None:
-                    seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint32)[0])
+                    seed = fresh_seed()
                 manifest = {"fingerprint": fingerprint, "seed": seed, "num_shards": num_shards}
                 (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
                 _write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
@@ -426,7 +382,7 @@ def generate_power_dataset(
             )
         seed = manifest["seed"]
     elif seed is None:
-        drawn = [int(np.random.SeedSequence().generate_state(1, dtype=np.uint32)[0])]
+        drawn = [fresh_seed()]
         seed = gather_object(drawn)[0] if state.num_processes > 1 else drawn[0]
     used_config = replace(config, seed=int(seed), show_progress=False)
     push_args = (push_to_hub, hub_dataset_id, hub_private, hub_token)

@@ -298,7 +298,7 @@ def _train_self_reward(
 
 
 def run_task(args: Any, name: str, workdir: Path, bar: Any) -> dict[str, Any]:
-    from trl_power.evaluation import covariance_diagnostic
+    from trl_power.diagnostic import covariance_diagnostic
     from trl_power.sampling import PowerSamplingConfig
     from trl_power.tasks import get_task, load_task_model
 

@@ -28,19 +28,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-#: The system prompt of Qwen2.5-Math's chain-of-thought evaluation.
-QWEN_MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
-
-#: Prompt templates, `{prompt}` standing for the problem text. A string template gives a text prompt; a list of
-#: messages gives a conversational prompt (formatted with the tokenizer's chat template when tokenized).
-PROMPT_TEMPLATES: dict[str, str | list[dict[str, str]]] = {
-    "qwen_math": [
-        {"role": "system", "content": QWEN_MATH_SYSTEM_PROMPT},
-        {"role": "user", "content": "{prompt}"},
-    ],
-    "reasoning_with_sampling": "Can you solve the following math problem? {prompt} Please reason step by step, "
-    "and put your final answer within \\boxed{}.",
-}
+from trl_power.prompts import PROMPT_TEMPLATES, QWEN_MATH_SYSTEM_PROMPT  # noqa: E402  (moved; re-exported)
 
 _MISSING = (
     "Math answer checking needs the `math-verify` package, which is not installed. Install it with "

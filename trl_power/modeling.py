@@ -2,7 +2,8 @@
 
 - `call_model`: one forward pass with explicit positions and an optional KV cache. transformers 5 renamed
   `past_key_values` to `cache`; we look the name up once per model class instead of pinning a version.
-- `adapter_disabled`: the reference model of a PEFT student is the same weights with the adapter off.
+- `adapter_disabled`: the reference model of a PEFT student is the same weights with the adapter off (TRL's
+  `use_adapter`; PEFT models recognised by accelerate's `is_peft_model`).
 - `context_length`, `eos_token_ids`, `ensure_pad_token`, `continuation_texts`: facts about a model/tokenizer pair.
 """
 
@@ -15,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel, is_peft_model
+from trl.trainer.utils import use_adapter
 
 
 @functools.lru_cache(maxsize=64)
@@ -64,16 +67,12 @@ def output_cache(outputs: Any) -> Any:
     return cache if cache is not None else getattr(outputs, "past_key_values", None)
 
 
-def is_peft_model(model: torch.nn.Module) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-
-
 @contextlib.contextmanager
 def adapter_disabled(model: torch.nn.Module, disable: bool = True) -> Iterator[None]:
-    """Run the base weights of a PEFT model (adapter off); a no-op for other models or `disable=False`."""
-    inner = model.module if hasattr(model, "module") and not is_peft_model(model) else model
-    if disable and is_peft_model(inner):
-        with inner.disable_adapter():
+    """Run the base weights of a PEFT model (adapter off, TRL's `use_adapter(model, None)`), also when it is wrapped
+    (DDP); a no-op for other models or `disable=False`."""
+    if disable and is_peft_model(model):
+        with use_adapter(extract_model_from_parallel(model), None):
             yield
     else:
         yield

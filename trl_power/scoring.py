@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from trl.trainer.utils import selective_log_softmax
+from trl.trainer.utils import pad, selective_log_softmax
 
 from trl_power.modeling import adapter_disabled, call_model, model_device
 
@@ -27,18 +27,14 @@ def pad_prompt_completion(
         raise ValueError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
     if any(len(p) == 0 for p in prompt_ids):
         raise ValueError("Every prompt needs at least one token.")
-    P = max(len(p) for p in prompt_ids)
-    C = max(1, max(len(c) for c in completion_ids))
-    B = len(prompt_ids)
-    ids = torch.full((B, P + C), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, P + C), dtype=torch.long)
-    for b, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
-        ids[b, P - len(p) : P] = torch.as_tensor(list(p), dtype=torch.long)
-        mask[b, P - len(p) : P] = 1
-        if len(c):
-            ids[b, P : P + len(c)] = torch.as_tensor(list(c), dtype=torch.long)
-            mask[b, P : P + len(c)] = 1
-    return ids, mask, mask[:, P:].clone(), P
+    # TRL's `pad`; an empty completion still gets one (masked) column: every row has a last position
+    prompts = [torch.as_tensor(list(p), dtype=torch.long) for p in prompt_ids]
+    completions = [torch.as_tensor(list(c) or [pad_id], dtype=torch.long) for c in completion_ids]
+    live = [torch.full((len(t),), int(len(c) > 0)) for t, c in zip(completions, completion_ids)]
+    prompt_mask = pad([torch.ones_like(p) for p in prompts], 0, "left")
+    completion_mask = pad(live, 0, "right")
+    ids = torch.cat([pad(prompts, pad_id, "left"), pad(completions, pad_id, "right")], 1)
+    return ids, torch.cat([prompt_mask, completion_mask], 1), completion_mask, prompt_mask.shape[1]
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:

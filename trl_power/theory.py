@@ -1,7 +1,8 @@
 """The power distribution p_alpha(y|x) = p(y|x)^alpha / Z_alpha(x) as numbers.
 
 - alpha <-> beta: KL-regularised RL with self-reward r = log p_ref has the optimum p_ref^(1 + 1/beta).
-- Exact enumeration of every completion of a tiny model (the ground truth samplers are tested against).
+- p_alpha of a table of log-probabilities (`power_from_logprobs`; the enumeration of a tiny model's completions
+  that fills the table runs the model and lives with the samplers, `trl_power.sampling.exact`).
 - Self-normalised importance-weighted estimators from base samples y_i ~ p, with weights
   w_i(s) ∝ p(y_i)^(s-1), of E_{p_s}[log p], Var_{p_s}(log p), E_{p_s}[r], Cov_{p_s}(r, log p), and the
   predicted gain E_{p_alpha}[r] - E_p[r] = integral_1^alpha Cov_{p_s}(r, log p) ds (in closed form).
@@ -14,10 +15,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
-
-from trl_power.modeling import call_model, eos_token_ids, eval_mode, model_device
-from trl_power.scoring import pad_prompt_completion, positions_from_mask
 
 
 def alpha_to_beta(alpha: float) -> float:
@@ -32,70 +29,6 @@ def beta_to_alpha(beta: float) -> float:
     if not math.isfinite(beta) or beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     return 1.0 + 1.0 / beta
-
-
-def _prompt_ids(prompt: str | Sequence[int], tokenizer: Any) -> list[int]:
-    if isinstance(prompt, str):
-        if tokenizer is None:
-            raise ValueError("A tokenizer is needed for text prompts.")
-        return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    return [int(i) for i in prompt]
-
-
-@torch.no_grad()
-def exact_sequence_logprobs(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    prompt: str | Sequence[int],
-    max_new_tokens: int,
-    max_sequences: int = 200_000,
-    batch_size: int = 4096,
-    eos_ids: Sequence[int] | None = None,
-) -> tuple[dict[tuple[int, ...], float], int]:
-    """log p(y|x) of every completion (ended by EOS, or cut at `max_new_tokens`), by breadth-first
-    enumeration. Returns ({completion ids: log p}, tokens forwarded)."""
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be >= 1")
-    prompt_ids = _prompt_ids(prompt, tokenizer)
-    if not prompt_ids:
-        raise ValueError("The prompt is empty.")
-    eos = set(eos_ids) if eos_ids is not None else set(eos_token_ids(model, tokenizer))
-    vocab = model.get_output_embeddings().weight.shape[0]
-    non_eos = vocab - len(eos & set(range(vocab)))
-    n_leaves = sum(non_eos**k for k in range(max_new_tokens)) * len(eos) + non_eos**max_new_tokens
-    if n_leaves > max_sequences:
-        raise ValueError(
-            f"Exact enumeration needs {n_leaves} completions (vocab {vocab}, {max_new_tokens} new tokens), "
-            f"more than max_sequences={max_sequences}; it is meant for tiny models only."
-        )
-    device = model_device(model)
-    leaves: dict[tuple[int, ...], float] = {}
-    frontier: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
-    forwarded = 0
-    with eval_mode(model):
-        for depth in range(max_new_tokens):
-            nxt: list[tuple[tuple[int, ...], float]] = []
-            for start in range(0, len(frontier), batch_size):
-                chunk = frontier[start : start + batch_size]
-                prefixes = [list(prefix) for prefix, _ in chunk]
-                ids, mask, _, _ = pad_prompt_completion(
-                    [prompt_ids] * len(chunk), [p or [] for p in prefixes]
-                )
-                # the last live slot of each row predicts the next token
-                width = len(prompt_ids) + depth
-                ids, mask = ids[:, :width].to(device), mask[:, :width].to(device)
-                logits = call_model(model, ids, mask, positions_from_mask(mask)).logits[:, -1].float()
-                forwarded += int(mask.sum())
-                logp = torch.log_softmax(logits, -1).cpu().double().numpy()
-                for (prefix, lp_prefix), row in zip(chunk, logp):
-                    for v in range(vocab):
-                        seq, lp = (*prefix, v), lp_prefix + float(row[v])
-                        if v in eos or depth + 1 == max_new_tokens:
-                            leaves[seq] = lp
-                        else:
-                            nxt.append((seq, lp))
-            frontier = nxt
-    return leaves, forwarded
 
 
 def normalise_log_weights(log_weights: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -129,34 +62,6 @@ def finished_completions(
     """The entries whose completion ends with EOS (the support of the finished-only target)."""
     eos = set(eos_ids)
     return {k: v for k, v in logprobs.items() if k and k[-1] in eos}
-
-
-def exact_power_distribution(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    prompt: str | Sequence[int],
-    alpha: float,
-    max_new_tokens: int,
-    max_sequences: int = 200_000,
-    finished_only: bool = True,
-) -> dict[tuple[int, ...], float]:
-    """Exact p_alpha(y|x) for every completion of a tiny model: {completion ids tuple: probability}.
-
-    `finished_only=True` (the samplers' default): p^alpha over the answers that end with EOS within
-    `max_new_tokens` = H. `False`: (p_H)^alpha, the power of p truncated at H, where an answer cut at H counts
-    with p(y_{1:H})^alpha (the mass of all its continuations, raised to alpha).
-    """
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
-    eos = eos_token_ids(model, tokenizer)
-    logprobs, _ = exact_sequence_logprobs(
-        model, tokenizer, prompt, max_new_tokens, max_sequences, eos_ids=eos
-    )
-    if finished_only:
-        logprobs = finished_completions(logprobs, eos)
-        if not logprobs:
-            raise ValueError(f"No completion ends with EOS within max_new_tokens={max_new_tokens}.")
-    return power_from_logprobs(logprobs, alpha)
 
 
 def empirical_distribution(
@@ -196,30 +101,62 @@ def expected_tv_bound(p: Mapping[Any, float], n: int, delta: float = 1e-3) -> fl
 # ----- importance-weighted estimators of power-distribution moments from base samples ---------------
 
 
+def effective_sample_size(weights: Sequence[float] | np.ndarray, axis: int | None = None) -> Any:
+    """ESS = (sum w)^2 / sum w^2 of (unnormalised) weights: n for n equal weights, 1 for a single non-zero one, 0
+    when all are 0. A float, or with `axis` an array of the ESS along that axis."""
+    w = np.asarray(weights, dtype=np.float64)
+    num, den = np.asarray(w.sum(axis) ** 2), np.asarray((w**2).sum(axis))
+    ess = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    return float(ess) if axis is None else ess
+
+
+def masked_power_weights(lp: np.ndarray, mask: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """w_ij(s) ∝ mask_ij p(y_ij)^(s-1), normalised within prompt i, for every s: [..., P, n] -> [..., P, n, S]."""
+    lp0 = np.where(mask > 0, lp, 0.0)[..., None]
+    logw = np.where(mask[..., None] > 0, (s - 1.0) * lp0, -np.inf)
+    logw = logw - logw.max(axis=-2, keepdims=True)
+    w = np.exp(logw)
+    return w / w.sum(axis=-2, keepdims=True)
+
+
+def power_moments(
+    r: np.ndarray, lp: np.ndarray, mask: np.ndarray, s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The self-normalised importance estimates, per prompt i and power s, from base samples j of p (rows padded,
+    `mask` 1 on real samples): Cov_{p_s}(r, log p) = sum_j w_ij(s) (r_ij - r̄_i(s)) (log p_ij - l̄_i(s)),
+    E_{p_s}[r] = r̄_i(s) = sum_j w_ij(s) r_ij, and the ESS of the weights; each [..., P, S]."""
+    w = masked_power_weights(lp, mask, s)
+    lp0 = np.where(mask > 0, lp, 0.0)[..., None]
+    rr = r[..., None]
+    r_bar = (w * rr).sum(-2, keepdims=True)
+    l_bar = (w * lp0).sum(-2, keepdims=True)
+    cov = (w * (rr - r_bar) * (lp0 - l_bar)).sum(-2)
+    return cov, r_bar.squeeze(-2), effective_sample_size(w, axis=-2)
+
+
+def _one_prompt(values: Sequence[float], logp: Sequence[float], s: float) -> tuple[np.ndarray, ...]:
+    r, lp = np.asarray(values, dtype=np.float64)[None], np.asarray(logp, dtype=np.float64)[None]
+    if lp.size == 0:
+        raise ValueError("No samples.")
+    return power_moments(r, lp, np.ones_like(lp), np.array([float(s)]))
+
+
 def power_weights(logp: Sequence[float], s: float) -> np.ndarray:
     """Self-normalised weights w_i ∝ p(y_i)^(s-1) that turn samples of p into samples of p_s."""
     lp = np.asarray(logp, dtype=np.float64)
     if lp.size == 0:
         raise ValueError("No samples.")
-    return normalise_log_weights((s - 1.0) * lp)
-
-
-def effective_sample_size(weights: Sequence[float]) -> float:
-    """ESS = (sum w)^2 / sum w^2."""
-    w = np.asarray(weights, dtype=np.float64)
-    return float(w.sum() ** 2 / (w**2).sum())
+    return masked_power_weights(lp[None], np.ones((1, lp.size)), np.array([float(s)]))[0, :, 0]
 
 
 def power_mean(values: Sequence[float], logp: Sequence[float], s: float) -> float:
     """E_{p_s}[f] ≈ sum_i w_i(s) f(y_i)."""
-    return float(np.dot(power_weights(logp, s), np.asarray(values, dtype=np.float64)))
+    return float(_one_prompt(values, logp, s)[1][0, 0])
 
 
 def power_covariance(r: Sequence[float], logp: Sequence[float], s: float) -> float:
     """Cov_{p_s}(r, log p) ≈ sum_i w_i(s) (r_i - r̄_s)(log p_i - l̄_s)."""
-    w = power_weights(logp, s)
-    r, lp = np.asarray(r, dtype=np.float64), np.asarray(logp, dtype=np.float64)
-    return float(np.dot(w, (r - w @ r) * (lp - w @ lp)))
+    return float(_one_prompt(r, logp, s)[0][0, 0])
 
 
 def power_variance_logp(logp: Sequence[float], s: float) -> float:
@@ -231,3 +168,13 @@ def predicted_gain(r: Sequence[float], logp: Sequence[float], alpha: float) -> f
     """E_{p_alpha}[r] - E_p[r] = integral_1^alpha Cov_{p_s}(r, log p) ds, in closed form: the self-normalised estimate
     sum_i w_i(alpha) r_i minus the plain mean (the integrand is the derivative of the first term in s)."""
     return power_mean(r, logp, alpha) - float(np.mean(np.asarray(r, dtype=np.float64)))
+
+
+def __getattr__(name: str) -> Any:
+    """`exact_power_distribution` and `exact_sequence_logprobs` moved to `trl_power.sampling.exact` (they run a
+    model); importing them from here still works."""
+    if name in ("exact_power_distribution", "exact_sequence_logprobs"):
+        from trl_power.sampling import exact
+
+        return getattr(exact, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

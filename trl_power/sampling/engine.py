@@ -27,14 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
-import numpy as np
 import torch
-
-
-def chain_generator(seed: int, prompt_index: int, sample_index: int) -> torch.Generator:
-    """The random stream of chain `sample_index` of prompt `prompt_index` (independent of batching)."""
-    state = np.random.SeedSequence([seed, prompt_index, sample_index]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 class RunRandom:

@@ -12,14 +12,16 @@ import torch
 from tqdm.auto import tqdm
 
 from trl_power.modeling import context_length, continuation_texts, ensure_pad_token, eval_mode
+from trl_power.prompts import tokenize_prompt
 from trl_power.sampling.config import PowerSamplingConfig, PowerSamplingOutput
-from trl_power.sampling.engine import TokenCounter, chain_generator, is_vllm_llm, make_engine
+from trl_power.sampling.engine import TokenCounter, is_vllm_llm, make_engine
 from trl_power.sampling.exact import sample_exact
 from trl_power.sampling.lookahead import sample_lookahead
 from trl_power.sampling.mh import sample_mh
 from trl_power.sampling.plain import sample_plain
 from trl_power.sampling.sir import sample_sir
 from trl_power.sampling.smc import sample_smc
+from trl_power.seeding import chain_generator, fresh_seed
 
 _METHODS = {
     "temperature": sample_plain,
@@ -57,20 +59,16 @@ class PowerSampler:
         self.eos_ids = self.engine.eos_ids
 
     def tokenize(self, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
-        """Text prompts → token ids (with the tokenizer's special tokens); id lists pass through."""
+        """Prompts → token ids (`trl_power.prompts.tokenize_prompt`: text with the tokenizer's special tokens,
+        messages with its chat template; id lists pass through)."""
         if isinstance(prompts, str) or len(prompts) == 0:
             raise ValueError("`prompts` must be a non-empty list of strings or of token-id lists.")
         out = []
         for i, p in enumerate(prompts):
-            if isinstance(p, str):
-                if self.tokenizer is None:
-                    raise ValueError("Text prompts need a tokenizer.")
-                ids = list(self.tokenizer(p, add_special_tokens=True)["input_ids"])
-            else:
-                ids = [int(t) for t in p]
-            if not ids:
-                raise ValueError(f"Prompt {i} is empty (no tokens).")
-            out.append(ids)
+            try:
+                out.append(tokenize_prompt(self.tokenizer, p))
+            except ValueError as e:
+                raise ValueError(f"Prompt {i}: {e}") from None
         limit = self.engine.max_model_len if is_vllm_llm(self.model) else context_length(self.model)
         if limit is not None:
             longest = max(range(len(out)), key=lambda i: len(out[i]))
@@ -86,7 +84,7 @@ class PowerSampler:
         """Draw `num_samples_per_prompt` power samples for every prompt (or weighted particle sets)."""
         cfg = self.config
         prompt_ids = self.tokenize(prompts)
-        seed = cfg.seed if cfg.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
+        seed = cfg.seed if cfg.seed is not None else fresh_seed()
         runs = [(i, j) for i in range(len(prompt_ids)) for j in range(cfg.num_samples_per_prompt)]
         method = _METHODS[cfg.method]
         counter, stats = TokenCounter(), {}

@@ -12,7 +12,7 @@ import numpy as np
 
 from trl_power.sampling.config import PowerSamplingConfig
 from trl_power.sampling.engine import Engine, RunRandom
-from trl_power.theory import log_mean_exp, normalise_log_weights
+from trl_power.theory import effective_sample_size, log_mean_exp, normalise_log_weights
 
 
 def importance_log_weights(
@@ -61,7 +61,7 @@ def sample_sir(engine: Engine, prompts, run_prompt, generators, config: PowerSam
         )
         w = run_weights(logw)
         stats.setdefault("log_z", []).append(log_mean_exp(logw))
-        stats.setdefault("ess", []).append(float(1.0 / (w**2).sum()) if w.sum() > 0 else 0.0)
+        stats.setdefault("ess", []).append(effective_sample_size(w))
         if config.return_all_particles:
             results.append([(t, float(lp), float(wi)) for t, lp, wi in zip(toks[sl], logp, w)])
         else:

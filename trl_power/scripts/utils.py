@@ -19,6 +19,7 @@ from typing import Any
 from trl import ScriptArguments, TrlParser
 
 from trl_power.data import COLUMNS as POWER_COLUMNS
+from trl_power.prompts import format_prompt, template_fields
 from trl_power.sampling import PowerSamplingConfig
 from trl_power.sampling.vllm_engine import VLLMArguments
 
@@ -294,7 +295,7 @@ def load_prompts(script_args: PowerScriptArguments, split: str) -> Any:
     if script_args.verifier == "math" and not script_args.answer_column:
         raise ValueError("verifier: math needs answer_column, the column with the gold answers.")
     template = script_args.prompt_template
-    needed += [f for f in _template_fields(template) if f != "prompt"]
+    needed += [f for f in template_fields(template) if f != "prompt"]
     missing = [c for c in needed if c not in columns]
     if missing:
         raise ValueError(
@@ -309,43 +310,6 @@ def load_prompts(script_args: PowerScriptArguments, split: str) -> Any:
 
     clash = [c for c in columns if c in POWER_COLUMNS and c not in ("prompt", script_args.answer_column)]
     return data.map(to_prompt, remove_columns=clash)
-
-
-_FIELD = re.compile(r"\{(\w+)\}")
-
-
-def _template_fields(template: str | None) -> list[str]:
-    from trl_power.math_verifier import PROMPT_TEMPLATES
-
-    if template is None or template in PROMPT_TEMPLATES:
-        return []
-    fields = _FIELD.findall(template)
-    if not fields:
-        raise ValueError(
-            f"prompt_template {template!r} is neither a template name ({sorted(PROMPT_TEMPLATES)}) nor a format "
-            "string with a {prompt} or {column} field."
-        )
-    return fields
-
-
-def format_prompt(template: str | None, row: dict[str, Any], prompt_column: str = "prompt") -> Any:
-    """The prompt of one row: text, or conversational messages for chat templates."""
-    from trl_power.math_verifier import PROMPT_TEMPLATES
-
-    problem = row[prompt_column]
-    if template is None:
-        return problem
-    if template in PROMPT_TEMPLATES:
-        spec, values = PROMPT_TEMPLATES[template], {"prompt": problem}
-    else:
-        spec, values = template, {**row, "prompt": problem}
-
-    def fill(text: str) -> str:  # only {name} fields are replaced: LaTeX braces such as \boxed{} stay
-        return _FIELD.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), text)
-
-    if isinstance(spec, list):
-        return [{**m, "content": fill(m["content"])} for m in spec]
-    return fill(spec)
 
 
 # ----- models and verifiers -----------------------------------------------------------------------------------------
@@ -369,33 +333,36 @@ def check_model(model_args: Any) -> str:
 
 
 def load_model(model_args: Any, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """(model on this process's device in eval mode, tokenizer with left padding), as TRL's trainers load them:
-    `dtype`, `attn_implementation`, `model_revision` and 4/8-bit quantisation from the `ModelConfig`. A folder with a
-    PEFT adapter (e.g. a distilled student) loads its base model with the adapter attached (a `PeftModel`)."""
-    import torch
+    """(model on this process's device in eval mode, tokenizer with left padding), loaded as TRL's trainers load
+    them (`trl.trainer.utils.create_model_from_path`: `dtype`, `attn_implementation`, `model_revision` and 4/8-bit
+    quantisation from the `ModelConfig`), each process on its own device (data parallel, never spread by
+    `device_map="auto"`). A folder with a PEFT adapter (e.g. a distilled student) loads its base model with the
+    adapter attached (a `PeftModel`)."""
     from accelerate import PartialState
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import get_quantization_config
+    from trl.trainer.utils import create_model_from_path
 
     name = check_model(model_args)
-    state = PartialState()
     kwargs: dict[str, Any] = dict(
         revision=model_args.model_revision,
         attn_implementation=model_args.attn_implementation,
-        dtype=model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype),
+        dtype=model_args.dtype or "auto",
         trust_remote_code=trust_remote_code,
+        device_map={"": PartialState().device},
     )
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None:
-        kwargs.update(quantization_config=quantization_config, device_map={"": state.device})
+        kwargs["quantization_config"] = quantization_config
     if _is_adapter(name, model_args.model_revision):
+        import torch
         from peft import AutoPeftModelForCausalLM
 
+        if kwargs["dtype"] != "auto":
+            kwargs["dtype"] = getattr(torch, kwargs["dtype"])
         model = AutoPeftModelForCausalLM.from_pretrained(name, **kwargs)
     else:
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    if quantization_config is None:
-        model.to(state.device)
+        model = create_model_from_path(name, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(
         name, revision=model_args.model_revision, trust_remote_code=trust_remote_code
     )
