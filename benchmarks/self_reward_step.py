@@ -29,9 +29,9 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
 from trl import RLOOConfig, RLOOTrainer
 
+from trl_power import PowerSelfRewardConfig, PowerSelfRewardTrainer
 from trl_power.scoring import sequence_logprobs
 from trl_power.tiny_models import build_model, build_tokenizer
-from trl_power.trainers.self_reward import PowerSelfRewardConfig, PowerSelfRewardTrainer
 
 
 class StepTimer(TrainerCallback):

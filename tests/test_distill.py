@@ -618,7 +618,7 @@ def test_model_card_and_push_to_hub_record_the_distillation(exact_student, tmp_p
 def test_online_mode_samples_the_base_with_the_adapter_disabled(tmp_path, targets, monkeypatch):
     """Teacher samples come from the base weights (adapter off, no second copy), are refreshed every
     `teacher_refresh_steps` steps, and follow p_alpha of the base even after the student has moved."""
-    import trl_power.trainers.distill as distill
+    import trl_power.trainers.distill_trainer as distill
 
     _, p_alpha = targets
     per_prompt = 256

@@ -18,8 +18,8 @@ import trl_power.diagnostic as diagnostic
 import trl_power.sampling.mh as mh
 import trl_power.sampling.sir as sir
 import trl_power.sampling.smc as smc
-from trl_power.trainers.distill import PowerDistillTrainer
-from trl_power.trainers.self_reward import PowerSelfRewardTrainer
+from trl_power.trainers.distill_trainer import PowerDistillTrainer
+from trl_power.trainers.self_reward_trainer import PowerSelfRewardTrainer
 
 CAUGHT: dict[str, str] = {}
 

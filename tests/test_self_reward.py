@@ -24,6 +24,7 @@ from datasets import Dataset
 from launch import accelerate_launch
 from transformers import AutoModelForCausalLM
 
+from trl_power import PowerSelfRewardConfig, PowerSelfRewardTrainer
 from trl_power.scoring import sequence_logprobs
 from trl_power.theory import (
     exact_sequence_logprobs,
@@ -32,7 +33,7 @@ from trl_power.theory import (
     total_variation,
 )
 from trl_power.tiny_models import all_completions, build_model, build_tokenizer, fit_to_distribution
-from trl_power.trainers.self_reward import PowerSelfRewardConfig, PowerSelfRewardTrainer, grouped_covariance
+from trl_power.trainers.self_reward_trainer import grouped_covariance
 
 WORDS = ["a", "b", "c", "d"]
 PROMPT = "d"

@@ -356,3 +356,55 @@ def test_train_peft_config_sft(hub, tmp_path):
             torch.testing.assert_close(param, new_param, msg=f"Parameter {n} has changed.")
         elif "base_layer" not in n:
             assert not torch.equal(param, new_param), f"Parameter {n} has not changed."
+
+
+# ----- the private hooks and the supported TRL range ------------------------------------------------------------------
+
+
+def test_the_private_hooks_of_the_installed_trl_are_those_the_trainers_override():
+    """Every private RLOOTrainer / SFTTrainer / Trainer method the trainers override or call exists in the installed TRL
+    with the parameters the trainers pass, and the installed TRL is in SUPPORTED_TRL (trl_power/trainers/utils.py)."""
+    import warnings
+
+    from trl import RLOOTrainer, SFTTrainer
+
+    from trl_power.trainers.utils import PRIVATE_HOOKS, check_private_hooks
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # outside SUPPORTED_TRL would warn
+        check_private_hooks(RLOOTrainer)
+        check_private_hooks(SFTTrainer)
+    # the registry lists every private method of the parents that a trainer overrides
+    for parent, ours in (("RLOOTrainer", PowerSelfRewardTrainer), ("SFTTrainer", PowerDistillTrainer)):
+        base = RLOOTrainer if parent == "RLOOTrainer" else SFTTrainer
+        overridden = {
+            m
+            for m, v in vars(ours).items()
+            if callable(v) and m.startswith("_") and not m.startswith("__") and callable(getattr(base, m, None))
+        }
+        assert overridden <= set(PRIVATE_HOOKS[parent]), (parent, overridden - set(PRIVATE_HOOKS[parent]))
+
+
+def test_a_trl_that_changed_a_hook_fails_loudly_with_what_to_do():
+    """A TRL whose RLOOTrainer lost a hook, or whose hook takes other parameters, is refused when the trainer is built,
+    with the hook's name and the supported range; a version outside the range only warns."""
+    from unittest import mock
+
+    import trl
+    from trl import RLOOTrainer
+
+    from trl_power.trainers.utils import SUPPORTED_TRL, check_private_hooks
+
+    class Changed(RLOOTrainer):
+        def _get_per_token_logps_and_entropies(self, model, inputs, logits_to_keep):
+            pass
+
+    # RLOOTrainer's own methods without one of the hooks (a subclass would inherit it)
+    missing = type("RLOOTrainer", (), {k: v for k, v in vars(RLOOTrainer).items() if k != "_calculate_rewards"})
+    with pytest.raises(RuntimeError, match=r"no RLOOTrainer\._calculate_rewards.*trl>=1\.10,<1\.17"):
+        check_private_hooks(missing)
+    with pytest.raises(RuntimeError, match=r"_get_per_token_logps_and_entropies.*takes \(model, inputs"):
+        check_private_hooks(Changed, "RLOOTrainer")
+    with mock.patch.object(trl, "__version__", "9.0.0"), pytest.warns(UserWarning, match="verified on"):
+        check_private_hooks(RLOOTrainer)
+    assert SUPPORTED_TRL == (">=1.10", "<1.17")

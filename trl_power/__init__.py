@@ -15,10 +15,10 @@ _LAZY = {
     "PowerSampler": "trl_power.sampling",
     "PowerSamplingOutput": "trl_power.sampling",
     "generate_power_dataset": "trl_power.data",
-    "PowerSelfRewardConfig": "trl_power.trainers.self_reward",
-    "PowerSelfRewardTrainer": "trl_power.trainers.self_reward",
-    "PowerDistillConfig": "trl_power.trainers.distill",
-    "PowerDistillTrainer": "trl_power.trainers.distill",
+    "PowerSelfRewardConfig": "trl_power.trainers.self_reward_config",
+    "PowerSelfRewardTrainer": "trl_power.trainers.self_reward_trainer",
+    "PowerDistillConfig": "trl_power.trainers.distill_config",
+    "PowerDistillTrainer": "trl_power.trainers.distill_trainer",
     "alpha_to_beta": "trl_power.theory",
     "beta_to_alpha": "trl_power.theory",
     "exact_power_distribution": "trl_power.sampling.exact",
@@ -46,8 +46,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from trl_power.sampling.exact import exact_power_distribution
     from trl_power.sampling.vllm_engine import load_vllm
     from trl_power.theory import alpha_to_beta, beta_to_alpha
-    from trl_power.trainers.distill import PowerDistillConfig, PowerDistillTrainer
-    from trl_power.trainers.self_reward import PowerSelfRewardConfig, PowerSelfRewardTrainer
+    from trl_power.trainers.distill_config import PowerDistillConfig
+    from trl_power.trainers.distill_trainer import PowerDistillTrainer
+    from trl_power.trainers.self_reward_config import PowerSelfRewardConfig
+    from trl_power.trainers.self_reward_trainer import PowerSelfRewardTrainer
 
 
 def __getattr__(name: str) -> Any:

@@ -22,8 +22,8 @@ from accelerate.utils import gather, gather_object
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from trl_power import PowerSelfRewardConfig, PowerSelfRewardTrainer
 from trl_power.scoring import sequence_logprobs
-from trl_power.trainers.self_reward import PowerSelfRewardConfig, PowerSelfRewardTrainer
 
 NUM_GENERATIONS = 4
 LENGTH_WEIGHT = 0.5

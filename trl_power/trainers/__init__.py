@@ -1,30 +1,22 @@
-"""TRL trainers whose target is the power distribution."""
+"""TRL trainers whose target is the power distribution, in TRL's layout: a config and a trainer module per trainer
+(`self_reward_config` / `self_reward_trainer`, `distill_config` / `distill_trainer`) and `utils` for what they share.
+The classes import from here (lazily) and from `trl_power`."""
 
-import textwrap
+from __future__ import annotations
 
-# The paper every trainer's model card cites (TRL's `_paper` convention).
-POWER_PAPER = {
-    "title": "Power Distribution Bridges Sampling, Self-Reward RL, and Self-Distillation",
-    "id": "2605.04542",
-    # docstyle-ignore
-    "citation": textwrap.dedent("""\
-        @article{tomihari2026power,
-            title         = {{Power Distribution Bridges Sampling, Self-Reward RL, and Self-Distillation}},
-            author        = {Tomihari and Sato},
-            year          = 2026,
-            eprint        = {2605.04542},
-            archivePrefix = {arXiv},
-        }"""),
+import importlib
+from typing import Any
+
+_MODULES = {
+    "PowerSelfRewardConfig": "self_reward_config",
+    "PowerSelfRewardTrainer": "self_reward_trainer",
+    "PowerDistillConfig": "distill_config",
+    "PowerDistillTrainer": "distill_trainer",
 }
+__all__ = list(_MODULES)
 
 
-def default_to_float32_without_bf16(args) -> None:
-    """Called at the start of a config's `__post_init__`. TRL turns bf16 on by default, and transformers then refuses
-    to build the config on a machine without a bf16-capable accelerator unless `use_cpu=True`: fall back to float32
-    there, so that the default config (and TRL's quick starts) work on a CPU-only machine. Explicit settings are
-    left alone."""
-    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
-
-    unset = args.bf16 is None and not args.fp16 and not args.use_cpu
-    if unset and not (is_torch_bf16_gpu_available() or is_torch_xla_available()):
-        args.bf16 = False
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,25 +24,25 @@ import math
 import os
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from accelerate.utils import is_peft_model
 from transformers import TrainingArguments
-from trl import SFTConfig, SFTTrainer
+from trl import SFTTrainer
 from trl.data_utils import get_dataset_column_names
 from trl.trainer.utils import get_config_model_id
 
 from trl_power.data import power_dataset_metadata
 from trl_power.modeling import adapter_disabled, eos_token_ids
 from trl_power.prompts import prompt_format, tokenize_prompt
-from trl_power.sampling import PowerSampler, PowerSamplingConfig
-from trl_power.sampling.vllm_engine import VLLMArguments
+from trl_power.sampling import PowerSampler
 from trl_power.seeding import derived_seed
 from trl_power.theory import effective_sample_size
-from trl_power.trainers import POWER_PAPER, default_to_float32_without_bf16
+from trl_power.trainers.distill_config import PowerDistillConfig
+from trl_power.trainers.utils import POWER_PAPER, check_private_hooks
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset, IterableDataset
@@ -51,169 +51,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Columns that carry teacher completions, in any format SFTTrainer (or the exact-ids path) understands.
 _COMPLETION_COLUMNS = ("completion", "completion_ids", "text", "messages", "conversations", "input_ids")
-
-
-@dataclass
-class PowerDistillConfig(SFTConfig, VLLMArguments):
-    r"""
-    Configuration class for the [`PowerDistillTrainer`].
-
-    Only the parameters specific to power self-distillation are listed; every [`~trl.SFTConfig`] parameter (data
-    handling, `completion_only_loss`, `packing` (off by default), `max_length`, `peft`...) passes through unchanged,
-    except `bf16`: as TRL it defaults to `True`, but to `False` on a machine without a bf16-capable accelerator (where
-    transformers would refuse the config unless `use_cpu=True`).
-
-    Parameters:
-        > Parameters of the teacher
-
-        sampling_config ([`PowerSamplingConfig`], `dict` or `str`, *optional*):
-            Online mode: how the trainer draws teacher samples from p_alpha itself, for a prompt-only training data
-            set. A `PowerSamplingConfig`, its fields as a dict, or that dict as a JSON string (command line). The
-            teacher is the base model: for a PEFT student the same weights with the adapter disabled (no second
-            copy), otherwise the `teacher_model` given to the trainer or a frozen copy of the initial model. Stored as
-            a dict; [`~PowerDistillConfig.power_sampling_config`] gives the object. `None` (default): offline mode,
-            the data set holds the teacher completions (e.g. from [`~trl_power.generate_power_dataset`]).
-        use_vllm (`bool`, *optional*, defaults to `False`):
-            Online mode: the teacher samples on a vLLM engine of the base model (`trl_power.load_vllm`, one per process
-            under `accelerate launch`), loaded from the model's `name_or_path` (for a PEFT student: its base model;
-            otherwise `teacher_model` or the initial checkpoint). The `vllm_*` settings
-            (`vllm_gpu_memory_utilization`, defaults to `0.3` here since the engine shares the GPU with training;
-            `vllm_tensor_parallel_size`, `vllm_max_model_length`, `vllm_kv_cache_memory_bytes`, `vllm_dtype`,
-            `vllm_kwargs`) are those of [`~trl_power.sampling.vllm_engine.VLLMArguments`].
-        teacher_refresh_steps (`int`, *optional*, defaults to `1`):
-            Online mode: teacher samples of a prompt are drawn the first time the prompt is needed in a refresh round
-            of this many optimizer steps, and reused within the round (a prompt seen again in a later round gets fresh
-            samples). `1`: fresh teacher samples at every step, i.e. stochastic gradient descent on the population
-            objective KL(p_alpha || pi) with no finite-sample overfitting.
-        use_sampled_ids (`bool`, *optional*, defaults to `True`):
-            When the data set has `prompt_ids` and `completion_ids` columns (as written by `generate_power_dataset`),
-            train on exactly those token ids: input = prompt_ids + completion_ids, loss on the completion ids. The
-            student then learns exactly the sampled sequences (EOS only where the teacher generated it; a completion
-            cut at `max_new_tokens` gets no EOS). `False`: use SFTTrainer's text pipeline on `prompt`/`completion`,
-            which re-tokenizes the text and appends EOS to every completion.
-        finished_only (`bool`, *optional*):
-            Distill p^alpha over finished answers (those that end with EOS) only (`True`, the default offline; online
-            the default is the sampling config's `finished_only`, itself `True` by default): rows with `finished=False` (or, with
-            exact ids and no `finished` column, whose `completion_ids` do not end with EOS) are dropped; online, the
-            teacher samples this target (`PowerSamplingConfig.finished_only`). `False`: the power of p truncated at
-            `max_new_tokens`, cut answers included and trained without an EOS (the text path appends EOS to
-            finished rows only).
-        loss_normalizer (`str`, *optional*, defaults to `"dataset_mean"`):
-            The divisor of a batch's (weighted) NLL. `"dataset_mean"`: the batch's number of sequences times the data
-            set's mean weighted completion length m = (1/n) sum_i w_i T_i, constant over the run, so the expected batch
-            loss is the full data set's loss at every batch size (unbiased gradients; SGD's fixed point is the
-            weighted empirical distribution). Under gradient accumulation the count is over the accumulated batch, and
-            with several processes over all of them (as `average_tokens_across_devices`), so the gradient is that of
-            the global batch's mean. Online, and for an `IterableDataset`, m is the running mean over the teacher rows
-            seen so far (it settles to a constant). `"batch_tokens"`: SFTTrainer's rule, the batch's own weighted token
-            count sum_{i in B} w_i T_i (biased at small batches; at batch 1 the weights cancel).
-        alpha (`float`, *optional*):
-            The power of the teacher data, recorded in the model card. Read from `sampling_config` (online) or from
-            the data set metadata written by `generate_power_dataset` when not given; giving a different value than
-            those is an error. It does not change the loss: the data decide what is learned.
-
-    > [!NOTE]
-    > Loss: the NLL of the completion tokens, summed per sequence (the sequence log-likelihood is what
-    > KL(p_alpha || pi) needs), each sequence's NLL times its weight (1 without a `weight` column), divided as
-    > `loss_normalizer` says. With `"batch_tokens"` and unit weights this is exactly SFTTrainer's loss.
-    """
-
-    _VALID_DICT_FIELDS = SFTConfig._VALID_DICT_FIELDS + ["sampling_config", "vllm_kwargs"]
-
-    sampling_config: dict[str, Any] | str | None = field(
-        default=None,
-        metadata={
-            "help": "Online mode: PowerSamplingConfig fields (a dict, or JSON on the command line) for drawing teacher "
-            "samples from the base model during training. None: the data set holds the teacher completions."
-        },
-    )
-    vllm_gpu_memory_utilization: float | None = field(
-        default=0.3,
-        metadata={
-            "help": "Online mode with use_vllm: fraction of the GPU the teacher engine takes (shared with training)."
-        },
-    )
-    teacher_refresh_steps: int = field(
-        default=1,
-        metadata={"help": "Online mode: teacher samples are redrawn every this many optimizer steps."},
-    )
-    use_sampled_ids: bool = field(
-        default=True,
-        metadata={
-            "help": "Train on the exact `prompt_ids` + `completion_ids` of the data set when present (no "
-            "re-tokenization, EOS only where sampled)."
-        },
-    )
-    finished_only: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Distill p^alpha over finished answers only (rows that did not end with EOS are dropped; online, "
-            "the teacher samples that target). False: the truncated target, cut answers trained without EOS."
-        },
-    )
-    loss_normalizer: str = field(
-        default="dataset_mean",
-        metadata={
-            "help": "Divisor of a batch's weighted NLL: 'dataset_mean' (sequences x the data set's mean weighted "
-            "length: unbiased at any batch size) or 'batch_tokens' (SFTTrainer's per-batch token count).",
-            "choices": ["dataset_mean", "batch_tokens"],
-        },
-    )
-    alpha: float | None = field(
-        default=None,
-        metadata={
-            "help": "Power of the teacher data, for the model card (read from the data/sampling config)."
-        },
-    )
-
-    def __post_init__(self):
-        default_to_float32_without_bf16(self)
-        if isinstance(self.sampling_config, PowerSamplingConfig):
-            self.sampling_config = self.sampling_config.to_dict()
-        super().__post_init__()  # parses a JSON string in `sampling_config`
-        if self.sampling_config is not None:
-            if not isinstance(self.sampling_config, dict):
-                raise TypeError(
-                    "sampling_config must be a PowerSamplingConfig, a dict of its fields or a JSON string, got "
-                    f"{type(self.sampling_config).__name__}."
-                )
-            sampled = self.sampling_config.get("finished_only")
-            if self.finished_only is None:
-                self.finished_only = True if sampled is None else bool(sampled)
-            elif sampled is not None and bool(sampled) != self.finished_only:
-                raise ValueError(
-                    f"sampling_config finished_only={sampled} disagrees with PowerDistillConfig "
-                    f"finished_only={self.finished_only}; give the same value (or set it on one of them only)."
-                )
-            self.sampling_config = {**self.sampling_config, "finished_only": self.finished_only}
-            try:
-                PowerSamplingConfig(**self.sampling_config)
-            except TypeError as e:
-                raise ValueError(f"sampling_config has fields PowerSamplingConfig does not know: {e}") from e
-            sampling_alpha = float(self.sampling_config.get("alpha", PowerSamplingConfig.alpha))
-            if self.alpha is not None and not math.isclose(self.alpha, sampling_alpha):
-                raise ValueError(f"alpha={self.alpha} disagrees with sampling_config alpha={sampling_alpha}.")
-            self.alpha = sampling_alpha
-        if self.finished_only is None:
-            self.finished_only = True
-        self.check_vllm_arguments()
-        if self.use_vllm and self.sampling_config is None:
-            raise ValueError(
-                "use_vllm is for the online teacher: set sampling_config (online mode) or use_vllm=False."
-            )
-        if self.loss_normalizer not in ("dataset_mean", "batch_tokens"):
-            raise ValueError(
-                f"loss_normalizer must be 'dataset_mean' or 'batch_tokens', got {self.loss_normalizer!r}"
-            )
-        if self.teacher_refresh_steps < 1:
-            raise ValueError(f"teacher_refresh_steps must be >= 1, got {self.teacher_refresh_steps}")
-        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha}")
-
-    @property
-    def power_sampling_config(self) -> PowerSamplingConfig | None:
-        """`sampling_config` as a `PowerSamplingConfig` (None in offline mode)."""
-        return None if self.sampling_config is None else PowerSamplingConfig(**self.sampling_config)
 
 
 class _DistillCollator:
@@ -405,6 +242,7 @@ class PowerDistillTrainer(SFTTrainer):
         formatting_func: Callable[[dict], str] | None = None,
         teacher_model: str | PreTrainedModel | None = None,
     ):
+        check_private_hooks(SFTTrainer)
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = PowerDistillConfig(f"{model_name.split('/')[-1]}-PowerDistill")
@@ -458,23 +296,40 @@ class PowerDistillTrainer(SFTTrainer):
         else:
             self._particle_weights = _has_varying_weights(train_dataset)
         if self._weighted:
-            if args.packing or args.padding_free:
-                raise ValueError(
-                    "Weighted teacher samples (a 'weight' column, or online mode) need one sequence per row: set "
-                    "packing=False and padding_free=False."
-                )
-            if args.label_smoothing_factor > 0:
-                raise ValueError("label_smoothing_factor is not supported with weighted teacher samples.")
-        if self._online:
-            if args.completion_only_loss is False:
-                raise ValueError(
-                    "Online mode trains on the completion tokens only; leave completion_only_loss unset."
-                )
-            args.completion_only_loss = True  # also for the (offline-format) eval data sets
+            args.check_weighted_loss_settings()
+        self._init_teacher(model, teacher_model, peft_config, args)
 
-        # The teacher of online mode. PEFT: the same weights with the adapter disabled (no copy). Otherwise a frozen
-        # copy taken now, before SFTTrainer patches the model's forward (a later deepcopy would keep calling the
-        # original model through the patched forward's closure).
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            formatting_func=formatting_func,
+        )
+        self.data_collator = _DistillCollator(self.data_collator)
+        self._weighted_tokens_sum, self._rows_seen = 0.0, 0
+        self._fixed_mean_weighted_tokens = self._dataset_mean_weighted_tokens(self.train_dataset)
+        if self._teacher_model is not None:
+            self._teacher_model.to(self.accelerator.device)
+
+    # ----- data ------------------------------------------------------------------------------------------------------
+
+    def _init_teacher(
+        self, model: Any, teacher_model: Any, peft_config: Any, args: PowerDistillConfig
+    ) -> None:
+        """The teacher of online mode. PEFT: the same weights with the adapter disabled (no copy). vLLM: an engine on
+        the base checkpoint. Otherwise a frozen copy taken now, before SFTTrainer patches the model's forward (a later
+        deepcopy would keep calling the original model through the patched forward's closure)."""
         will_be_peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
         self._teacher_model: torch.nn.Module | None = None
         self._teacher_llm: Any = None
@@ -507,31 +362,6 @@ class PowerDistillTrainer(SFTTrainer):
         self._teacher_round = -1
         self._teacher_cache: dict[int, list[tuple[list[int], float]]] = {}
         self._teacher_calls = 0
-
-        super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            compute_loss_func=compute_loss_func,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-            formatting_func=formatting_func,
-        )
-        self.data_collator = _DistillCollator(self.data_collator)
-        self._weighted_tokens_sum, self._rows_seen = 0.0, 0
-        self._fixed_mean_weighted_tokens = self._dataset_mean_weighted_tokens(self.train_dataset)
-        if self._teacher_model is not None:
-            self._teacher_model.to(self.accelerator.device)
-
-    # ----- data ------------------------------------------------------------------------------------------------------
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         columns = get_dataset_column_names(dataset)
@@ -845,3 +675,6 @@ class PowerDistillTrainer(SFTTrainer):
             + "\n```\n"
         )
         card.save(path)
+
+
+__all__ = ["PowerDistillTrainer", "validate_teacher_dataset"]
