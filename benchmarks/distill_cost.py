@@ -30,6 +30,7 @@ from trl_power import (
     generate_power_dataset,
 )
 from trl_power.tasks import get_task, load_task_model
+from trl_power.trainers.utils import CPU_RUN
 
 ALPHA = 4.0
 
@@ -105,12 +106,7 @@ def main() -> None:
                 learning_rate=5e-3,
                 lr_scheduler_type="cosine",
                 logging_steps=max(1, steps // 5),
-                save_strategy="no",
-                report_to="none",
-                bf16=False,
-                gradient_checkpointing=False,
-                disable_tqdm=True,
-                use_cpu=True,
+                **CPU_RUN,
                 seed=0,
             )
             lora = LoraConfig(

@@ -32,6 +32,7 @@ from trl import RLOOConfig, RLOOTrainer
 from trl_power import PowerSelfRewardConfig, PowerSelfRewardTrainer
 from trl_power.scoring import sequence_logprobs
 from trl_power.tiny_models import build_model, build_tokenizer
+from trl_power.trainers.utils import CPU_RUN
 
 
 class StepTimer(TrainerCallback):
@@ -66,11 +67,7 @@ def run(kind: str, model_dir: str, args: argparse.Namespace, words: list[str]) -
         learning_rate=1e-4,
         max_steps=args.warmup + args.steps,
         logging_steps=10_000,
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
+        **CPU_RUN,
         disable_dropout=True,
         seed=0,
     )

@@ -34,6 +34,7 @@ from trl_power.theory import (
     total_variation,
 )
 from trl_power.tiny_models import all_completions, build_model, build_tokenizer
+from trl_power.trainers.utils import CPU_RUN
 
 WORDS = ["a", "b", "c", "q"]
 PROMPT = [4]
@@ -67,12 +68,7 @@ def distill_args(tmp: Path, **kwargs) -> PowerDistillConfig:
         learning_rate=1e-2,
         lr_scheduler_type="cosine",
         logging_steps=50,
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        use_cpu=True,
+        **CPU_RUN,
         seed=0,
     )
     return PowerDistillConfig(**{**defaults, **kwargs})

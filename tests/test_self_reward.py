@@ -34,6 +34,7 @@ from trl_power.theory import (
 )
 from trl_power.tiny_models import all_completions, build_model, build_tokenizer, fit_to_distribution
 from trl_power.trainers.self_reward_trainer import grouped_covariance
+from trl_power.trainers.utils import CPU_RUN
 
 WORDS = ["a", "b", "c", "d"]
 PROMPT = "d"
@@ -94,11 +95,7 @@ def config_kwargs(tmp_path: Path, **overrides) -> dict:
         learning_rate=1e-2,
         max_steps=2,
         logging_steps=1,
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
+        **CPU_RUN,
         seed=0,
     )
     kwargs.update(overrides)

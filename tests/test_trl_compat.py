@@ -380,7 +380,10 @@ def test_the_private_hooks_of_the_installed_trl_are_those_the_trainers_override(
         overridden = {
             m
             for m, v in vars(ours).items()
-            if callable(v) and m.startswith("_") and not m.startswith("__") and callable(getattr(base, m, None))
+            if callable(v)
+            and m.startswith("_")
+            and not m.startswith("__")
+            and callable(getattr(base, m, None))
         }
         assert overridden <= set(PRIVATE_HOOKS[parent]), (parent, overridden - set(PRIVATE_HOOKS[parent]))
 
@@ -400,7 +403,9 @@ def test_a_trl_that_changed_a_hook_fails_loudly_with_what_to_do():
             pass
 
     # RLOOTrainer's own methods without one of the hooks (a subclass would inherit it)
-    missing = type("RLOOTrainer", (), {k: v for k, v in vars(RLOOTrainer).items() if k != "_calculate_rewards"})
+    missing = type(
+        "RLOOTrainer", (), {k: v for k, v in vars(RLOOTrainer).items() if k != "_calculate_rewards"}
+    )
     with pytest.raises(RuntimeError, match=r"no RLOOTrainer\._calculate_rewards.*trl>=1\.10,<1\.17"):
         check_private_hooks(missing)
     with pytest.raises(RuntimeError, match=r"_get_per_token_logps_and_entropies.*takes \(model, inputs"):

@@ -29,6 +29,7 @@ from trl_power.tiny_models import all_completions, build_model, build_tokenizer,
 pytest.importorskip("vllm")
 from trl_power.sampling import vllm_engine  # noqa: E402
 from trl_power.sampling.vllm_engine import VLLMArguments, check_llm, load_vllm  # noqa: E402
+from trl_power.trainers.utils import CPU_RUN
 
 T = 3
 LEVEL = 1e-3
@@ -332,8 +333,7 @@ def test_online_teacher_on_vllm(llm, model_dir, tmp_path):
     from trl_power import PowerDistillConfig, PowerDistillTrainer
 
     args = PowerDistillConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=1, max_steps=2, learning_rate=1e-2, report_to="none",
-        save_strategy="no", gradient_checkpointing=False, use_cpu=True, disable_tqdm=True,
+        output_dir=str(tmp_path), per_device_train_batch_size=1, max_steps=2, learning_rate=1e-2, **CPU_RUN,
         sampling_config=PowerSamplingConfig(method="sir", alpha=2.0, max_new_tokens=T, num_particles=4,
                                             num_samples_per_prompt=4, proposal_temperature=1.0),
         **{**_settings_yaml(), "vllm_gpu_memory_utilization": None},

@@ -30,6 +30,7 @@ from trl_power.prompts import prompt_format, tokenize_prompt
 from trl_power.sampling import PowerSampler, PowerSamplingConfig
 from trl_power.sampling.engine import is_vllm_llm
 from trl_power.seeding import derived_seed, fresh_seed
+from trl_power.teacher import ROW_COLUMNS, teacher_rows
 
 METADATA_KEY = "trl_power"
 MANIFEST_FILE = "power_dataset.json"
@@ -38,22 +39,9 @@ MERGED_DIR = "dataset"
 HUB_METADATA_FILE = "trl_power_dataset.json"
 FORMAT_VERSION = 1
 
-# Columns written by `generate_power_dataset` (besides the extra columns carried over from an input data set).
-COLUMNS = (
-    "prompt",
-    "completion",
-    "prompt_ids",
-    "completion_ids",
-    "base_logprob",
-    "weight",
-    "num_tokens",
-    "finished",
-    "prompt_index",
-    "sample_index",
-    "particle_index",
-    "shard",
-    "stats",
-)
+# Columns written by `generate_power_dataset` (besides the extra columns carried over from an input data set): the
+# teacher row (`trl_power.teacher`), the shard and the cost per answer.
+COLUMNS = (*ROW_COLUMNS, "shard", "stats")
 
 # Sampler statistics that add up over the runs of a call (divided by the number of runs to get a per-run cost);
 # every other numeric statistic (acceptance rate, mean ESS, ...) is an average already and is copied.
@@ -160,54 +148,20 @@ def _shard_rows(
     start: int,
     shard: int,
 ) -> list[dict[str, Any]]:
-    """Sample one shard (global prompts start..start+len(prompts)-1) and turn the output into rows."""
+    """Sample one shard (global prompts start..start+len(prompts)-1): its teacher rows (`trl_power.teacher`), each with
+    its shard and the cost per answer."""
     sampler.config = config
     out = sampler.sample(prompt_ids)
-    per_run = config.num_particles if out.weights is not None else 1
-    num_runs = len(prompts) * config.num_samples_per_prompt
-    stats = _per_run_stats(out.stats, num_runs)
-    tokenizer = sampler.tokenizer
-    seen: dict[int, int] = {}
-    rows = []
-    for k in range(len(out)):
-        local = out.prompt_indices[k]
-        order = seen.get(local, 0)
-        seen[local] = order + 1
-        ids = [int(t) for t in out.completion_ids[k]]
-        prompt = prompts[local]
-        if prompt_format(prompt) == "conversational":
-            text = (
-                tokenizer.decode(ids, skip_special_tokens=True)
-                if tokenizer is not None
-                else out.completions[k]
-            )
-            completion: Any = [{"role": "assistant", "content": text}]
-        else:
-            completion = out.completions[k]
-        rows.append(
-            {
-                "prompt": prompt,
-                "completion": completion,
-                "prompt_ids": list(prompt_ids[local]),
-                "completion_ids": ids,
-                "base_logprob": float(out.base_logprobs[k]),
-                "weight": float(out.weights[k]) if out.weights is not None else 1.0,
-                "num_tokens": len(ids),
-                "finished": bool(out.finished[k]),
-                "prompt_index": start + local,
-                "sample_index": order // per_run,
-                "particle_index": order % per_run,
-                "shard": shard,
-                "stats": dict(stats),
-            }
-        )
-    expected = config.num_samples_per_prompt * per_run
-    if any(n != expected for n in seen.values()) or len(seen) != len(prompts):
-        raise RuntimeError(
-            f"The sampler returned {sorted(seen.values())} rows per prompt for {len(prompts)} prompts; expected "
-            f"{expected} each (num_samples_per_prompt x particles)."
-        )
-    return rows
+    stats = _per_run_stats(out.stats, len(prompts) * config.num_samples_per_prompt)
+    rows = teacher_rows(
+        out,
+        prompts,
+        prompt_ids,
+        config.num_samples_per_prompt,
+        first_prompt_index=start,
+        tokenizer=sampler.tokenizer,
+    )
+    return [{**row, "shard": shard, "stats": dict(stats)} for row in rows]
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from trl_power.trainers.utils import CPU_RUN
+
 #: Methods whose target is p_alpha: the diagnostic's predicted gain applies to them.
 POWER_METHODS = ("MH", "SMC", "SIR", "distilled student", "self-reward policy")
 ADAPTER_LABELS = {"lora": "LoRA r=16 + head", "full": "all weights"}
@@ -215,11 +217,7 @@ def _train_student(
         lr_scheduler_type="cosine",
         warmup_steps=max(1, args.distill_steps // 20),
         logging_steps=max(1, args.distill_steps // 5),
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        disable_tqdm=False,
+        **{**CPU_RUN, "disable_tqdm": False},
         seed=seed,
         data_seed=seed,
     )
@@ -266,12 +264,7 @@ def _train_self_reward(
         learning_rate=1e-3,
         max_steps=args.rl_steps,
         logging_steps=max(1, args.rl_steps // 5),
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        gradient_checkpointing=False,
-        disable_tqdm=False,
+        **{**CPU_RUN, "disable_tqdm": False},
         seed=seed,
         data_seed=seed,
     )

@@ -25,6 +25,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from trl_power import PowerDistillConfig, PowerDistillTrainer, PowerSamplingConfig
+from trl_power.trainers.utils import CPU_RUN
 
 
 def args(out: Path, **kwargs) -> PowerDistillConfig:
@@ -37,12 +38,7 @@ def args(out: Path, **kwargs) -> PowerDistillConfig:
         lr_scheduler_type="constant",
         max_grad_norm=0.0,
         logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        use_cpu=True,
+        **CPU_RUN,
         finished_only=False,  # the rows are particles weighted for the truncated target
         seed=0,
     )

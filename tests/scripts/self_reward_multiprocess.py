@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_power import PowerSelfRewardConfig, PowerSelfRewardTrainer
 from trl_power.scoring import sequence_logprobs
+from trl_power.trainers.utils import CPU_RUN
 
 NUM_GENERATIONS = 4
 LENGTH_WEIGHT = 0.5
@@ -46,12 +47,7 @@ def main(model_dir: str, out_dir: str) -> None:
         learning_rate=1e-3,
         max_steps=3,
         logging_steps=1,
-        use_cpu=True,  # without it, `--multi_gpu` on a machine with no GPU runs two unrelated single processes
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
+        **CPU_RUN,
         seed=3,
     )
     dataset = Dataset.from_dict({"prompt": ["d", "a c d"] * 8})

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from trl_power.trainers.utils import CPU_RUN
+
 
 def main(model_dir: str, out_dir: str) -> None:
     from datasets import Dataset
@@ -35,11 +37,7 @@ def main(model_dir: str, out_dir: str) -> None:
         vllm_mode="colocate",
         vllm_gpu_memory_utilization=0.3,  # on CPU: of the NUMA node's host memory
         vllm_max_model_length=16,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
+        **CPU_RUN,
     )
     trainer = PowerSelfRewardTrainer(
         model=model_dir,

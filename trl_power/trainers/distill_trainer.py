@@ -40,6 +40,7 @@ from trl_power.modeling import adapter_disabled, eos_token_ids
 from trl_power.prompts import prompt_format, tokenize_prompt
 from trl_power.sampling import PowerSampler
 from trl_power.seeding import derived_seed
+from trl_power.teacher import teacher_rows, training_example
 from trl_power.theory import effective_sample_size
 from trl_power.trainers.distill_config import PowerDistillConfig
 from trl_power.trainers.utils import POWER_PAPER, check_private_hooks
@@ -360,7 +361,7 @@ class PowerDistillTrainer(SFTTrainer):
                 self._teacher_model = source if teacher_model is not None else copy.deepcopy(source)
             self._teacher_model.eval().requires_grad_(False)
         self._teacher_round = -1
-        self._teacher_cache: dict[int, list[tuple[list[int], float]]] = {}
+        self._teacher_cache: dict[int, list[dict[str, Any]]] = {}  # prompt index -> teacher rows
         self._teacher_calls = 0
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
@@ -395,12 +396,13 @@ class PowerDistillTrainer(SFTTrainer):
         if sampled_ids:
             # Exact sampled ids: a pre-tokenized data set for SFTTrainer, which then builds the completion-only
             # labels and truncates to max_length as usual.
-            def to_ids(example):
-                p, c = list(example["prompt_ids"]), list(example["completion_ids"])
-                return {"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)}
+            weighted = "weight" in columns
 
-            keep = {"weight"}
-            dataset = dataset.map(to_ids, remove_columns=[c for c in columns if c not in keep])
+            def to_ids(example):  # the teacher-row contract; SFTTrainer truncates to max_length
+                out = training_example(example)
+                return out if weighted else {k: v for k, v in out.items() if k != "weight"}
+
+            dataset = dataset.map(to_ids, remove_columns=columns)
         dataset = super()._prepare_dataset(
             dataset, processing_class, args, packing, formatting_func, dataset_name
         )
@@ -453,17 +455,15 @@ class PowerDistillTrainer(SFTTrainer):
                     needed[row["prompt_index"]] = list(row["prompt_ids"])
         if needed:
             self._draw_teacher(needed)
-        max_length = self.args.max_length
         batches = []
         for batch in raw_batches:
             examples = []
             for row in batch:
-                prompt = list(row["prompt_ids"])
-                for completion, weight in self._teacher_cache[row["prompt_index"]]:
-                    input_ids, labels = prompt + completion, [-100] * len(prompt) + completion
-                    if max_length is not None:
-                        input_ids, labels = input_ids[:max_length], labels[:max_length]
-                    examples.append({"input_ids": input_ids, "labels": labels, "weight": weight})
+                for teacher_row in self._teacher_cache[row["prompt_index"]]:
+                    example = training_example(teacher_row, self.args.max_length)
+                    mask = example.pop("completion_mask")  # SFT's collator takes labels (-100: no loss)
+                    example["labels"] = [t if m else -100 for t, m in zip(example["input_ids"], mask)]
+                    examples.append(example)
             batches.append(self.data_collator(examples))
         return batches
 
@@ -491,13 +491,12 @@ class PowerDistillTrainer(SFTTrainer):
             model = self.accelerator.unwrap_model(self.model)
             with adapter_disabled(model):
                 out = PowerSampler(model, self._tokenizer, config).sample([prompts[i] for i in indices])
+        ids = [prompts[i] for i in indices]
+        rows = teacher_rows(out, ids, ids, config.num_samples_per_prompt)
         for i in indices:
             self._teacher_cache[i] = []
-        for k in range(len(out)):
-            weight = float(out.weights[k]) if out.weights is not None else 1.0
-            self._teacher_cache[indices[out.prompt_indices[k]]].append(
-                ([int(t) for t in out.completion_ids[k]], weight)
-            )
+        for row in rows:
+            self._teacher_cache[indices[row["prompt_index"]]].append(row)
         metrics = self._metrics["train"]
         runs = len(indices) * config.num_samples_per_prompt
         metrics["teacher/tokens_forwarded"].append(out.stats["tokens_forwarded"] / runs)

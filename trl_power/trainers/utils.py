@@ -108,3 +108,16 @@ def check_private_hooks(parent: type, name: str | None = None) -> None:
             f"{trl.__version__}. Their signatures match, but check the results (tests/test_trl_compat.py).",
             stacklevel=3,
         )
+
+
+#: The settings of a quick offline training run on a CPU (the demo, the tests, the benchmarks): no checkpoints, no
+#: trackers, float32, no gradient checkpointing, no progress bars, and the CPU even under `accelerate launch` (without
+#: `use_cpu`, `--multi_gpu` on a machine without a GPU starts unrelated single processes). `**CPU_RUN` in a config.
+CPU_RUN = dict(
+    save_strategy="no",
+    report_to="none",
+    bf16=False,
+    gradient_checkpointing=False,
+    disable_tqdm=True,
+    use_cpu=True,
+)
