@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from trl_power import PowerSampler, PowerSamplingConfig, exact_power_distribution
-from trl_power.evaluation import best_of_n, majority_vote, paired_test
+from trl_power.evaluation import best_of_n, group_by_prompt, majority_vote, paired_test
 from trl_power.theory import empirical_distribution, total_variation
 from trl_power.tiny_models import (
     all_completions,
@@ -266,10 +266,7 @@ def part_b(args) -> list[str]:
 
 
 def _grouped(out, values) -> list[list]:
-    groups: list[list] = [[] for _ in range(max(out.prompt_indices) + 1)]
-    for i, v in zip(out.prompt_indices, values):
-        groups[i].append(v)
-    return groups
+    return group_by_prompt(values, out.prompt_indices, max(out.prompt_indices) + 1)
 
 
 def part_c(args) -> list[str]:

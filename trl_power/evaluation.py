@@ -137,15 +137,35 @@ def evaluate_method(
 
 
 def group_by_prompt(
-    values: Sequence[float], prompt_indices: Sequence[int], num_prompts: int
-) -> list[list[float]]:
-    """Flat per-answer values -> one list per prompt, in order (`prompt_indices[k]` owns `values[k]`)."""
+    values: Sequence[Any], prompt_indices: Sequence[int], num_prompts: int
+) -> list[list[Any]]:
+    """Flat per-answer values (rewards, log-probs, texts) -> one list per prompt, in order (`prompt_indices[k]` owns
+    `values[k]`)."""
     if len(values) != len(prompt_indices):
         raise ValueError(f"{len(values)} values but {len(prompt_indices)} prompt indices")
-    out: list[list[float]] = [[] for _ in range(num_prompts)]
+    out: list[list[Any]] = [[] for _ in range(num_prompts)]
     for v, i in zip(values, prompt_indices):
-        out[int(i)].append(float(v))
+        out[int(i)].append(v)
     return out
+
+
+def evaluate_answers(
+    method: str,
+    prompt_indices: Sequence[int],
+    rewards: Sequence[float],
+    self_rewards: Sequence[float],
+    tokens_forwarded: float,
+    seconds: float,
+    ks: Sequence[int] = (1, 4, 8),
+    extra: Mapping[str, Any] | None = None,
+) -> MethodResult:
+    """A `MethodResult` from flat per-answer values (answer k answers prompt `prompt_indices[k]`): the one way answers
+    are evaluated, whether they come from a `PowerSamplingOutput` (`evaluate_sampling_output`) or a data set of scored
+    answers (`scripts/evaluate.py`). Prompts without answers are left out."""
+    num_prompts = max(int(i) for i in prompt_indices) + 1
+    grouped = [g for g in group_by_prompt(rewards, prompt_indices, num_prompts) if g]
+    lps = [g for g in group_by_prompt(self_rewards, prompt_indices, num_prompts) if g]
+    return evaluate_method(method, grouped, lps, tokens_forwarded, seconds, ks=ks, extra=extra)
 
 
 def evaluate_sampling_output(
@@ -162,22 +182,72 @@ def evaluate_sampling_output(
     `seconds`). Other numeric stats (acceptance_rate, mean_ess, ...) go to `extra`.
     """
     idx = list(output.prompt_indices)
-    rewards = group_by_prompt(
-        [verify(prompts[i], c) for i, c in zip(idx, output.completions)], idx, len(prompts)
-    )
-    if any(len(g) == 0 for g in rewards):
+    if set(idx) != set(range(len(prompts))):
         raise ValueError("Some prompts have no answer in the output.")
     stats = dict(getattr(output, "stats", {}) or {})
     extra = {k: float(v) for k, v in stats.items() if isinstance(v, int | float | np.floating)}
-    return evaluate_method(
+    return evaluate_answers(
         method,
-        rewards,
-        group_by_prompt(list(output.base_logprobs), idx, len(prompts)),
+        idx,
+        [verify(prompts[i], c) for i, c in zip(idx, output.completions)],
+        list(output.base_logprobs),
         tokens_forwarded=float(stats.get("tokens_forwarded", math.nan)),
         seconds=float(seconds if seconds is not None else stats.get("seconds", math.nan)),
         ks=ks,
         extra=extra,
     )
+
+
+def evaluate_power_dataset(
+    answers: Any,
+    rewards: Sequence[float],
+    self_rewards: Sequence[float] | None = None,
+    ks: Sequence[int] = (1, 4, 8),
+    alpha: float | None = None,
+    diagnostic_bootstrap: int = 200,
+) -> tuple[MethodResult, dict[str, Any]]:
+    """Evaluate a data set of answers written by `generate_power_dataset` (columns prompt_index, base_logprob,
+    num_tokens, finished, stats; its metadata names the sampler) with the verifier's `rewards`: (the `MethodResult`,
+    the metrics dict of `trl-power eval`). `self_rewards`: log p_base(y|x) when the answers were not sampled from the
+    base model (default: their `base_logprob`). With plain samples of the base model (`method: temperature`,
+    temperature 1, >= 2 answers per prompt) the metrics include the covariance diagnostic: the predicted effect of
+    power sampling at `alpha` (default: the sampler's alpha)."""
+    from trl_power.data import power_dataset_metadata
+    from trl_power.diagnostic import covariance_diagnostic
+
+    metadata = power_dataset_metadata(answers)
+    sampling = metadata["sampling_config"] if metadata else {"method": "given", "alpha": alpha}
+    index, stats = list(answers["prompt_index"]), list(answers["stats"])
+    self_rewards = list(answers["base_logprob"]) if self_rewards is None else list(self_rewards)
+    alpha = alpha if alpha is not None else sampling.get("alpha")
+    extra = {
+        "alpha": sampling.get("alpha"),
+        "new_tokens_per_answer": sum(answers["num_tokens"]) / len(answers),
+        "truncated_fraction": sum(not f for f in answers["finished"]) / len(answers),
+    }
+    for key in ("acceptance_rate", "mean_ess"):
+        values = [s[key] for s in stats if s.get(key) is not None and not math.isnan(s[key])]
+        if values:
+            extra[key] = sum(values) / len(values)
+    result = evaluate_answers(
+        sampling["method"],
+        index,
+        rewards,
+        self_rewards,
+        tokens_forwarded=sum(s["tokens_forwarded"] for s in stats),
+        seconds=sum(s["seconds"] for s in stats),
+        ks=[k for k in ks if k >= 1],
+        extra=extra,
+    )
+    metrics = {**result.to_dict(), "sampling_config": sampling, "diagnostic": None}
+    num_prompts = max(index) + 1
+    grouped = [g for g in group_by_prompt(rewards, index, num_prompts) if g]
+    plain = sampling["method"] == "temperature" and sampling.get("temperature") == 1.0
+    if plain and alpha is not None and alpha > 1 and min(len(g) for g in grouped) >= 2:
+        base_lp = [g for g in group_by_prompt(list(answers["base_logprob"]), index, num_prompts) if g]
+        diagnostic = covariance_diagnostic(grouped, base_lp, alpha=alpha, bootstrap=diagnostic_bootstrap)
+        metrics["diagnostic"] = diagnostic.to_dict()
+    return result, metrics
 
 
 # ----- compute-matched baselines and paired comparisons -------------------------------------------

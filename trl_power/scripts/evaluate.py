@@ -23,7 +23,6 @@ are then scored as they are.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +30,7 @@ from accelerate.utils import is_peft_model
 from trl import ModelConfig
 
 from trl_power import generate_power_dataset
-from trl_power.data import power_dataset_metadata
-from trl_power.diagnostic import covariance_diagnostic
-from trl_power.evaluation import evaluate_method, format_results
+from trl_power.evaluation import evaluate_power_dataset, format_results
 from trl_power.scoring import sequence_logprobs
 from trl_power.scripts.utils import (
     PowerSampleConfig,
@@ -99,13 +96,11 @@ def main(script_args: PowerScriptArguments, config: EvaluateConfig, model_args: 
                 "base_logprob / prompt_index / stats columns): set model_name_or_path to sample answers."
             )
         verifier = load_verifier(script_args, answers)
-        model, metadata = None, power_dataset_metadata(answers)
-        sampling = metadata["sampling_config"] if metadata else {"method": "given", "alpha": config.alpha}
+        model = None
     else:
         prompts = load_prompts(script_args, script_args.dataset_test_split)
         verifier = load_verifier(script_args, prompts)  # fails before the model is loaded
         model, tokenizer = load_sampling_model(model_args, config)
-        sampling = config.sampling_config().to_dict()
         answers = generate_power_dataset(
             model,
             tokenizer,
@@ -119,15 +114,15 @@ def main(script_args: PowerScriptArguments, config: EvaluateConfig, model_args: 
     if not state.is_main_process:
         return None
 
-    # 2. Scores (main process): rewards, self-reward under the base model, cost.
+    # 2. Scores (main process): rewards, the self-reward log p_base (under an adapter's base model, adapter disabled,
+    # or base_model_name_or_path; else the sampling model's own log p), cost (trl_power.evaluation).
     rewards = verifier.rewards(answers["prompt"], answers["completion"])
-    self_rewards = list(answers["base_logprob"])  # log p under the model that sampled them
-    # the self-reward is log p_base: under an adapter's base model (adapter disabled), or base_model_name_or_path
     scorer = model if model is not None and is_peft_model(model) else None
     if config.base_model_name_or_path is not None:
         scorer, _ = load_model(
             dataclasses.replace(model_args, model_name_or_path=config.base_model_name_or_path)
         )
+    self_rewards = list(answers["base_logprob"])
     if scorer is not None:
         self_rewards = sequence_logprobs(
             scorer,
@@ -136,45 +131,20 @@ def main(script_args: PowerScriptArguments, config: EvaluateConfig, model_args: 
             batch_size=config.batch_size,
             disable_adapter=True,
         ).tolist()
-    index = answers["prompt_index"]
-    num_prompts = max(index) + 1
-    grouped_rewards = _by_prompt(rewards, index, num_prompts)
-    stats = answers["stats"]
-    extra = {
-        "alpha": sampling["alpha"],
-        "new_tokens_per_answer": sum(answers["num_tokens"]) / len(answers),
-        "truncated_fraction": sum(not f for f in answers["finished"]) / len(answers),
-    }
-    for key in ("acceptance_rate", "mean_ess"):
-        values = [s[key] for s in stats if s.get(key) is not None and not math.isnan(s[key])]
-        if values:
-            extra[key] = sum(values) / len(values)
-    result = evaluate_method(
-        sampling["method"],
-        grouped_rewards,
-        _by_prompt(self_rewards, index, num_prompts),
-        tokens_forwarded=sum(s["tokens_forwarded"] for s in stats),
-        seconds=sum(s["seconds"] for s in stats),
-        ks=[k for k in config.pass_at_k if k >= 1],
-        extra=extra,
+    result, scores = evaluate_power_dataset(
+        answers,
+        rewards,
+        self_rewards,
+        ks=config.pass_at_k,
+        alpha=config.alpha,
+        diagnostic_bootstrap=config.diagnostic_bootstrap,
     )
     metrics = {
-        **result.to_dict(),
+        **scores,
         "model": model_args.model_name_or_path,
         "dataset": script_args.dataset_name,
         "verifier": script_args.verifier,
-        "sampling_config": sampling,
-        "diagnostic": None,
     }
-    plain = sampling["method"] == "temperature" and sampling.get("temperature") == 1.0
-    if plain and config.alpha > 1 and min(len(g) for g in grouped_rewards) >= 2:
-        diagnostic = covariance_diagnostic(
-            grouped_rewards,
-            _by_prompt(list(answers["base_logprob"]), index, num_prompts),
-            alpha=config.alpha,
-            bootstrap=config.diagnostic_bootstrap,
-        )
-        metrics["diagnostic"] = diagnostic.to_dict()
 
     # 3. Outputs.
     scored = answers.remove_columns([c for c in ("reward", "self_reward") if c in answers.column_names])
@@ -196,13 +166,6 @@ def main(script_args: PowerScriptArguments, config: EvaluateConfig, model_args: 
         )
         print(f"Answers and metrics pushed to https://huggingface.co/datasets/{config.hub_dataset_id}.")
     return metrics
-
-
-def _by_prompt(values: list[float], index: list[int], num_prompts: int) -> list[list[float]]:
-    groups: list[list[float]] = [[] for _ in range(num_prompts)]
-    for value, i in zip(values, index):
-        groups[i].append(float(value))
-    return [g for g in groups if g]
 
 
 def make_parser(prog: str | None = None):
