@@ -57,6 +57,16 @@ _ADDITIVE_STATS = (
 )
 
 
+def _prompt_kind(prompts: list[Any]) -> str:
+    """The one format of all prompts (text, conversational or ids); a `ValueError` for none or a mix."""
+    if not prompts:
+        raise ValueError("No prompts.")
+    kinds = {prompt_format(p) for p in prompts}
+    if len(kinds) > 1:
+        raise ValueError(f"All prompts must have one format; found {sorted(kinds)}.")
+    return kinds.pop()
+
+
 def _prompts_from_input(prompts_or_dataset: Any) -> tuple[list[Any], Any]:
     """(list of prompts, input `datasets.Dataset` or None)."""
     from datasets import Dataset
@@ -280,7 +290,6 @@ def generate_power_dataset(
     must exceed the slowest process's share of the sampling.
     """
     from accelerate import PartialState
-    from accelerate.utils import gather_object
     from datasets import load_from_disk
 
     if shard_size < 1:
@@ -291,12 +300,7 @@ def generate_power_dataset(
     if not isinstance(config, PowerSamplingConfig):
         raise TypeError(f"sampling_config must be a PowerSamplingConfig, got {type(config).__name__}")
     prompts, input_dataset = _prompts_from_input(prompts_or_dataset)
-    if not prompts:
-        raise ValueError("No prompts.")
-    kinds = {prompt_format(p) for p in prompts}
-    if len(kinds) > 1:
-        raise ValueError(f"All prompts must have one format; found {sorted(kinds)}.")
-    kind = kinds.pop()
+    kind = _prompt_kind(prompts)
 
     state = PartialState()
     if isinstance(model, str | os.PathLike):
@@ -311,33 +315,8 @@ def generate_power_dataset(
     out_dir = Path(output_dir) if output_dir is not None else None
 
     # 1. The seed and the manifest (main process), so that every process and every rerun uses the same seed.
-    seed = config.seed
     fingerprint = _fingerprint(prompts, config, shard_size, model_id)
-    if out_dir is not None:
-        manifest_path = out_dir / MANIFEST_FILE
-        if state.is_main_process:
-            manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-            if manifest is not None and manifest.get("fingerprint") != fingerprint and overwrite:
-                shutil.rmtree(out_dir / SHARD_DIR, ignore_errors=True)
-                shutil.rmtree(out_dir / MERGED_DIR, ignore_errors=True)
-                manifest = None
-            if manifest is None:
-                if seed is None:
-                    seed = fresh_seed()
-                manifest = {"fingerprint": fingerprint, "seed": seed, "num_shards": num_shards}
-                (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-                _write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
-        state.wait_for_everyone()
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("fingerprint") != fingerprint:  # raised on every process, so none waits at a barrier
-            raise ValueError(
-                f"{out_dir} holds a run with other prompts, sampling settings, shard size or model. Use another "
-                "output_dir, or overwrite=True to delete it."
-            )
-        seed = manifest["seed"]
-    elif seed is None:
-        drawn = [fresh_seed()]
-        seed = gather_object(drawn)[0] if state.num_processes > 1 else drawn[0]
+    seed = _run_seed(state, out_dir, config.seed, fingerprint, num_shards, overwrite)
     used_config = replace(config, seed=int(seed), show_progress=False)
     push_args = (push_to_hub, hub_dataset_id, hub_private, hub_token)
     metadata = {
@@ -364,29 +343,91 @@ def generate_power_dataset(
         state.wait_for_everyone()
     mine = pending[state.process_index :: state.num_processes]
 
-    # 3. Sample this process's shards.
+    # 3. Sample this process's shards (written to output_dir as each is done).
+    local_rows = _sample_shards(
+        PowerSampler(model, tokenizer, used_config),
+        mine,
+        prompts,
+        prompt_ids,
+        shard_size,
+        out_dir,
+        state,
+        show_progress,
+    )
+
+    # 4. Merge (main process), save, push.
+    with _datasets_progress(show_progress):
+        return _merge(state, out_dir, num_shards, local_rows, input_dataset, metadata, push_args)
+
+
+def _run_seed(
+    state: Any, out_dir: Path | None, seed: int | None, fingerprint: str, num_shards: int, overwrite: bool
+) -> int:
+    """Step 1 of `generate_power_dataset`: the run's seed. With `output_dir`, the manifest's (written by the main
+    process on the first run, so that every process and every rerun uses it; a run with another fingerprint is
+    refused or, with `overwrite`, deleted); else the given seed, or one drawn by the main process."""
+    from accelerate.utils import gather_object
+
+    if out_dir is None:
+        if seed is not None:
+            return seed
+        drawn = [fresh_seed()]
+        return gather_object(drawn)[0] if state.num_processes > 1 else drawn[0]
+    manifest_path = out_dir / MANIFEST_FILE
+    if state.is_main_process:
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+        if manifest is not None and manifest.get("fingerprint") != fingerprint and overwrite:
+            shutil.rmtree(out_dir / SHARD_DIR, ignore_errors=True)
+            shutil.rmtree(out_dir / MERGED_DIR, ignore_errors=True)
+            manifest = None
+        if manifest is None:
+            manifest = {
+                "fingerprint": fingerprint,
+                "seed": seed if seed is not None else fresh_seed(),
+                "num_shards": num_shards,
+            }
+            (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+            _write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
+    state.wait_for_everyone()
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("fingerprint") != fingerprint:  # raised on every process, so none waits at a barrier
+        raise ValueError(
+            f"{out_dir} holds a run with other prompts, sampling settings, shard size or model. Use another "
+            "output_dir, or overwrite=True to delete it."
+        )
+    return manifest["seed"]
+
+
+def _sample_shards(
+    sampler: PowerSampler,
+    shards: list[int],
+    prompts: list[Any],
+    prompt_ids: list[list[int]],
+    shard_size: int,
+    out_dir: Path | None,
+    state: Any,
+    show_progress: bool,
+) -> list[dict[str, Any]]:
+    """Step 3 of `generate_power_dataset`: sample `shards` with the sampler's config, shard s seeded by
+    shard_seed(seed, s); each written to `out_dir` when done (then nothing is returned), or returned as rows."""
     from tqdm.auto import tqdm
 
-    sampler = PowerSampler(model, tokenizer, used_config)
-    local_rows: list[dict[str, Any]] = []
-    for s in tqdm(mine, desc=f"power data set (process {state.process_index})", disable=not show_progress):
+    config, rows = sampler.config, []
+    for s in tqdm(shards, desc=f"power data set (process {state.process_index})", disable=not show_progress):
         lo, hi = s * shard_size, min(len(prompts), (s + 1) * shard_size)
-        rows = _shard_rows(
+        shard = _shard_rows(
             sampler,
-            replace(used_config, seed=shard_seed(seed, s)),
+            replace(config, seed=shard_seed(config.seed, s)),
             prompts[lo:hi],
             prompt_ids[lo:hi],
             lo,
             s,
         )
         if out_dir is not None:
-            _write_jsonl_atomic(_shard_path(out_dir, s), rows)
+            _write_jsonl_atomic(_shard_path(out_dir, s), shard)
         else:
-            local_rows += rows
-
-    # 4. Merge (main process), save, push.
-    with _datasets_progress(show_progress):
-        return _merge(state, out_dir, num_shards, local_rows, input_dataset, metadata, push_args)
+            rows += shard
+    return rows
 
 
 def _merge(state, out_dir, num_shards, local_rows, input_dataset, metadata, push_args) -> Any:

@@ -93,6 +93,60 @@ def _prompt_gains(r: np.ndarray, lp: np.ndarray, mask: np.ndarray, alpha: float)
     return power - (r * mask).sum(-1) / mask.sum(-1)
 
 
+def _bootstrap(
+    r: np.ndarray,
+    lp: np.ndarray,
+    mask: np.ndarray,
+    s: np.ndarray,
+    alpha: float,
+    bootstrap: int,
+    resample: str,
+    seed: int,
+    prompt_gain: np.ndarray,
+    cov: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap replicates of the gain [B] and of the curve [B, S]: `resample="samples"` resamples each prompt's
+    samples within it (these prompts), `"prompts"` whole prompts with their samples (new prompts)."""
+    rng = np.random.default_rng(seed)
+    P, n = r.shape
+    sizes = mask.sum(1).astype(int)
+    boot_gain, boot_curve = [np.zeros(0)], [np.zeros((0, s.size))]
+    chunk = max(1, int(2e6 // max(1, P * n * s.size)))
+    done = 0
+    while done < bootstrap:
+        b = min(chunk, bootstrap - done)
+        if resample == "samples":  # these prompts, their samples resampled within each
+            sj = (rng.random((b, P, n)) * sizes[None, :, None]).astype(int)  # live slots only
+            rb, lb = np.take_along_axis(r[None], sj, -1), np.take_along_axis(lp[None], sj, -1)
+            mb = np.broadcast_to(mask, rb.shape)
+            boot_gain.append(_prompt_gains(rb, lb, mb, alpha).mean(-1))
+            boot_curve.append(power_moments(rb, lb, mb, s)[0].mean(-2))
+        else:  # new prompts: whole prompts resampled, each with its samples
+            pi = rng.integers(0, P, size=(b, P))
+            boot_gain.append(prompt_gain[pi].mean(-1))
+            boot_curve.append(cov[pi].mean(-2))
+        done += b
+    return np.concatenate(boot_gain), np.concatenate(boot_curve)
+
+
+def _interval(replicates: np.ndarray, estimate: float, confidence: float, interval: str) -> tuple[float, float]:
+    """`"bc"`: the bias-corrected percentile interval, quantiles Phi(2 z0 -/+ z) of the replicates with
+    z0 = Phi^-1(share below the estimate); `"percentile"`: the (1 -/+ confidence)/2 quantiles."""
+    q = (1 - confidence) / 2
+    if interval == "bc":
+        nd = NormalDist()
+        below = (replicates < estimate).mean() + 0.5 * (replicates == estimate).mean()
+        z0 = nd.inv_cdf(float(np.clip(below, 0.5 / replicates.size, 1 - 0.5 / replicates.size)))
+        z = nd.inv_cdf(1 - q)
+        quantiles = [nd.cdf(2 * z0 - z), nd.cdf(2 * z0 + z)]
+    elif interval == "percentile":
+        quantiles = [q, 1 - q]
+    else:
+        raise ValueError(f"interval must be 'bc' or 'percentile', got {interval!r}")
+    lo, hi = np.quantile(replicates, quantiles)
+    return float(lo), float(hi)
+
+
 def covariance_diagnostic(
     rewards: ArrayLike,
     base_logprobs: ArrayLike,
@@ -152,7 +206,7 @@ def covariance_diagnostic(
     if not np.isfinite(lp[mask > 0]).all():
         raise ValueError("base_logprobs must be finite")
     s = np.linspace(1.0, alpha, num_points)
-    P, n = r.shape
+    P = r.shape[0]
 
     cov, _, ess = power_moments(r, lp, mask, s)
     curve = cov.mean(0)
@@ -160,39 +214,12 @@ def covariance_diagnostic(
     gain = float(prompt_gain.mean())
     base = float(((r * mask).sum(1) / mask.sum(1)).mean())
 
-    rng = np.random.default_rng(seed)
     sizes = mask.sum(1).astype(int)
-    boot_gain, boot_curve = [], []
-    chunk = max(1, int(2e6 // max(1, P * n * num_points)))
-    done = 0
-    while done < bootstrap:
-        b = min(chunk, bootstrap - done)
-        if resample == "samples":  # these prompts, their samples resampled within each
-            sj = (rng.random((b, P, n)) * sizes[None, :, None]).astype(int)
-            rb, lb = np.take_along_axis(r[None], sj, -1), np.take_along_axis(lp[None], sj, -1)
-            mb = np.broadcast_to(
-                mask, rb.shape
-            )  # the first sizes[i] slots are live; sj only picks live slots
-            boot_gain.append(_prompt_gains(rb, lb, mb, alpha).mean(-1))
-            boot_curve.append(power_moments(rb, lb, mb, s)[0].mean(-2))
-        else:  # new prompts: whole prompts resampled, each with its samples
-            pi = rng.integers(0, P, size=(b, P))
-            boot_gain.append(prompt_gain[pi].mean(-1))
-            boot_curve.append(cov[pi].mean(-2))
-        done += b
-    bc = np.concatenate(boot_curve) if bootstrap else curve[None]
-    bg = np.concatenate(boot_gain) if bootstrap else np.array([gain])
+    bg, bc = _bootstrap(r, lp, mask, s, alpha, bootstrap, resample, seed, prompt_gain, cov)
+    if not bootstrap:
+        bg, bc = np.array([gain]), curve[None]
     q = (1 - confidence) / 2
-    if interval == "bc":
-        nd = NormalDist()
-        below = (bg < gain).mean() + 0.5 * (bg == gain).mean()
-        z0 = nd.inv_cdf(float(np.clip(below, 0.5 / bg.size, 1 - 0.5 / bg.size)))
-        z = nd.inv_cdf(1 - q)
-        lo, hi = (float(x) for x in np.quantile(bg, [nd.cdf(2 * z0 - z), nd.cdf(2 * z0 + z)]))
-    elif interval == "percentile":
-        lo, hi = (float(x) for x in np.quantile(bg, [q, 1 - q]))
-    else:
-        raise ValueError(f"interval must be 'bc' or 'percentile', got {interval!r}")
+    lo, hi = _interval(bg, gain, confidence, interval)
     r_live = r[mask > 0]  # the gain cannot leave [min r - E_p r, max r - E_p r]
     lo, hi = max(lo, float(r_live.min()) - base), min(hi, float(r_live.max()) - base)
     band = (np.quantile(bc, q, axis=0).tolist(), np.quantile(bc, 1 - q, axis=0).tolist())
