@@ -22,3 +22,22 @@ def test_cli_help_lists_demo():
         [sys.executable, "-m", "trl_power", "--help"], capture_output=True, text=True, cwd=ROOT
     )
     assert proc.returncode == 0 and "demo" in proc.stdout
+
+
+def test_the_public_contract_of_docs_design_md_imports():
+    """docs/design.md section 3: every public name imports from `trl_power`, and the aliases of moved names still
+    import from their old modules (the same objects)."""
+    import trl_power
+    from trl_power import diagnostic, evaluation, theory
+    from trl_power.sampling import exact
+
+    names = [
+        "PowerSamplingConfig", "PowerSampler", "PowerSamplingOutput", "generate_power_dataset",
+        "PowerSelfRewardConfig", "PowerSelfRewardTrainer", "PowerDistillConfig", "PowerDistillTrainer",
+        "alpha_to_beta", "beta_to_alpha", "exact_power_distribution", "load_vllm",
+    ]  # fmt: skip
+    for name in names:
+        assert getattr(trl_power, name) is not None, name
+    assert theory.exact_power_distribution is exact.exact_power_distribution
+    assert evaluation.covariance_diagnostic is diagnostic.covariance_diagnostic
+    assert callable(trl_power.PowerSamplingOutput.to_dataset)

@@ -1,7 +1,7 @@
 """Teacher data sets drawn from the power distribution p_alpha(y|x) ∝ p(y|x)^alpha, with any power sampler.
 
 `generate_power_dataset` turns prompts into a `datasets.Dataset` of (prompt, completion) rows for power
-self-distillation (DESIGN.md 1.3): min_theta KL(p_alpha || pi_theta) = max_theta E_{y~p_alpha}[log pi_theta(y|x)].
+self-distillation (docs/design.md, section 1): min_theta KL(p_alpha || pi_theta) = max_theta E_{y~p_alpha}[log pi_theta(y|x)].
 
 Reproducibility, resumption and sharding rest on one rule: the prompts are cut into fixed *shards* of `shard_size`
 consecutive prompts, and shard s is sampled by one `PowerSampler.sample` call whose seed is derived from

@@ -11,7 +11,9 @@ Rows live in one left-padded cache; positions come from per-row counters, so row
 share a batch. Selecting, truncating and merging rows only gathers cached keys/values (memory moves, no
 forward passes); gaps left by finished rows are squeezed out by `compact`. `TransformersEngine` exposes this
 through the backend interface of engine.py; log p and log q of each sampled token are read off the forward pass
-that sampled it (both from the same logits).
+that sampled it (both from the same logits). Why not `model.generate`: MH restarts proposals from any cut point of a
+cached prefix and SMC reorders rows between tokens, and both need log p and log q of the token actually drawn;
+`generate` returns neither per-row truncatable caches nor both log-probabilities.
 """
 
 from __future__ import annotations

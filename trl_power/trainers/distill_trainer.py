@@ -2,7 +2,7 @@
 
     min_theta KL(p_alpha || pi_theta) = max_theta E_{x, y~p_alpha(.|x)}[ log pi_theta(y|x) ] + const
 
-is plain NLL of the completion tokens on teacher samples y ~ p_alpha (docs/design.md 1.3). With weighted teacher
+is plain NLL of the completion tokens on teacher samples y ~ p_alpha (docs/design.md, section 1). With weighted teacher
 samples (SMC/SIR particle sets, `weight` column), the self-normalised weighted NLL over the data set
 
     L(theta) = sum_i w_i * (-log pi_theta(y_i|x_i)) / sum_i w_i T_i           (T_i: completion tokens of row i)
