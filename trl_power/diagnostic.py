@@ -129,7 +129,9 @@ def _bootstrap(
     return np.concatenate(boot_gain), np.concatenate(boot_curve)
 
 
-def _interval(replicates: np.ndarray, estimate: float, confidence: float, interval: str) -> tuple[float, float]:
+def _interval(
+    replicates: np.ndarray, estimate: float, confidence: float, interval: str
+) -> tuple[float, float]:
     """`"bc"`: the bias-corrected percentile interval, quantiles Phi(2 z0 -/+ z) of the replicates with
     z0 = Phi^-1(share below the estimate); `"percentile"`: the (1 -/+ confidence)/2 quantiles."""
     q = (1 - confidence) / 2

@@ -101,11 +101,17 @@ def context_length(model: torch.nn.Module) -> int | None:
 
 def eos_token_ids(model: torch.nn.Module, tokenizer: Any = None) -> list[int]:
     """All token ids that end a completion: the tokenizer's EOS and the model's generation-config EOS."""
-    ids: list[int] = []
-    candidates = [getattr(tokenizer, "eos_token_id", None)]
     gen_config = getattr(model, "generation_config", None)
-    candidates.append(getattr(gen_config, "eos_token_id", None))
-    candidates.append(getattr(text_config(model), "eos_token_id", None))
+    return merge_eos_ids(
+        getattr(tokenizer, "eos_token_id", None),
+        getattr(gen_config, "eos_token_id", None),
+        getattr(text_config(model), "eos_token_id", None),
+    )
+
+
+def merge_eos_ids(*candidates: Any) -> list[int]:
+    """The distinct EOS ids among candidates (each None, an id or a list of ids), in order; a `ValueError` if none."""
+    ids: list[int] = []
     for cand in candidates:
         for i in cand if isinstance(cand, list | tuple) else [cand]:
             if i is not None and int(i) not in ids:

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trl_power.modeling import merge_eos_ids
 from trl_power.sampling.engine import Continuation, RunRandom, TokenCounter
 
 # Settings the samplers need from an engine: {engine attribute: required value}.
@@ -334,14 +335,9 @@ def _engine_eos_ids(llm: Any, tokenizer: Any) -> list[int]:
         if hasattr(config.hf_config, "get_text_config")
         else config.hf_config
     )
-    ids: list[int] = []
-    for cand in (getattr(tokenizer, "eos_token_id", None), generation.get("eos_token_id"), text.eos_token_id):
-        for i in cand if isinstance(cand, list | tuple) else [cand]:
-            if i is not None and int(i) not in ids:
-                ids.append(int(i))
-    if not ids:
-        raise ValueError("Neither the tokenizer nor the model config defines an EOS token id.")
-    return ids
+    return merge_eos_ids(
+        getattr(tokenizer, "eos_token_id", None), generation.get("eos_token_id"), text.eos_token_id
+    )
 
 
 class VLLMRows:

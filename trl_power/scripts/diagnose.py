@@ -21,7 +21,7 @@ from trl_power.scripts.utils import (
     build_parser,
     load_data,
     load_verifier,
-    parse_args,
+    run_script,
     write_json,
 )
 
@@ -60,8 +60,6 @@ class DiagnoseConfig:
 
 def main(script_args: PowerScriptArguments, config: DiagnoseConfig) -> dict:
     data = load_data(script_args, script_args.dataset_train_split)
-    if script_args.max_prompts is not None:
-        data = data.select(range(min(script_args.max_prompts, len(data))))
     if config.reward_column in data.column_names:
         rewards = [float(r) for r in data[config.reward_column]]
     elif script_args.verifier is not None:
@@ -102,4 +100,4 @@ def make_parser(prog: str | None = None):
 
 
 if __name__ == "__main__":
-    main(*parse_args(make_parser()))
+    run_script(main, make_parser)

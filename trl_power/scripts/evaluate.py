@@ -42,7 +42,7 @@ from trl_power.scripts.utils import (
     load_prompts,
     load_sampling_model,
     load_verifier,
-    parse_args,
+    run_script,
     write_json,
 )
 
@@ -173,5 +173,4 @@ def make_parser(prog: str | None = None):
 
 
 if __name__ == "__main__":
-    init_processes()  # before parsing: several processes without a GPU then form a gloo group on CPU
-    main(*parse_args(make_parser()))
+    run_script(main, make_parser)

@@ -31,7 +31,8 @@ from trl_power.scripts.utils import (
     init_processes,
     load_data,
     load_prompts,
-    parse_args,
+    run_script,
+    train_and_save,
 )
 
 
@@ -62,28 +63,14 @@ def main(
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-
-    trainer.save_model(training_args.output_dir)
-    trainer.save_metrics("train", train_result.metrics)  # train_results.json
-    trainer.save_state()  # trainer_state.json: every logged metric, step by step
-    trainer.create_model_card(dataset_name=script_args.dataset_name)  # main process only
-    trainer.accelerator.print(f"Student and model card saved to {training_args.output_dir}.")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-        trainer.accelerator.print(f"Pushed to https://huggingface.co/{trainer.hub_model_id}.")
-    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, destroy the process group
-        trainer.end()
+    train_and_save(trainer, training_args, script_args.dataset_name)
 
 
 def _teacher_data(script_args: PowerScriptArguments, split: str, prompts_only: bool):
     """Prompts for online mode (template applied), else teacher completions as they are (first `max_prompts` rows)."""
     if prompts_only:
         return load_prompts(script_args, split)
-    data = load_data(script_args, split)
-    if script_args.max_prompts is not None:
-        data = data.select(range(min(script_args.max_prompts, len(data))))
-    return data
+    return load_data(script_args, split)
 
 
 def make_parser(prog: str | None = None):
@@ -91,5 +78,4 @@ def make_parser(prog: str | None = None):
 
 
 if __name__ == "__main__":
-    init_processes()  # before parsing: several processes without a GPU then form a gloo group on CPU
-    main(*parse_args(make_parser()))
+    run_script(main, make_parser)

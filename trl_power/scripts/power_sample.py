@@ -24,7 +24,7 @@ from trl_power.scripts.utils import (
     init_processes,
     load_prompts,
     load_sampling_model,
-    parse_args,
+    run_script,
 )
 
 
@@ -66,5 +66,4 @@ def make_parser(prog: str | None = None):
 
 
 if __name__ == "__main__":
-    init_processes()  # before parsing: several processes without a GPU then form a gloo group on CPU
-    main(*parse_args(make_parser()))
+    run_script(main, make_parser)

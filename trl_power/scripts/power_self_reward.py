@@ -29,8 +29,9 @@ from trl_power.scripts.utils import (
     init_processes,
     load_prompts,
     load_verifier,
-    parse_args,
     reward_function,
+    run_script,
+    train_and_save,
 )
 
 
@@ -79,19 +80,7 @@ def main(
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-
-    trainer.save_model(training_args.output_dir)
-    trainer.save_metrics("train", train_result.metrics)  # train_results.json
-    trainer.save_state()  # trainer_state.json: every logged metric, step by step
-    if trainer.accelerator.is_main_process:
-        trainer.create_model_card(dataset_name=script_args.dataset_name)
-    trainer.accelerator.print(f"Model and model card saved to {training_args.output_dir}.")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-        trainer.accelerator.print(f"Pushed to https://huggingface.co/{trainer.hub_model_id}.")
-    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, destroy the process group
-        trainer.end()
+    train_and_save(trainer, training_args, script_args.dataset_name)
 
 
 def make_parser(prog: str | None = None):
@@ -101,5 +90,4 @@ def make_parser(prog: str | None = None):
 
 
 if __name__ == "__main__":
-    init_processes()  # before parsing: several processes without a GPU then form a gloo group on CPU
-    main(*parse_args(make_parser()))
+    run_script(main, make_parser)

@@ -243,7 +243,15 @@ _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".cs
 
 
 def load_data(script_args: PowerScriptArguments, split: str) -> Any:
-    """One split of `dataset_name` (Hub name, local file, `save_to_disk` folder or power-sample output folder)."""
+    """One split of `dataset_name` (Hub name, local file, `save_to_disk` folder or power-sample output folder), its
+    first `max_prompts` rows when that is set."""
+    data = _load_split(script_args, split)
+    if script_args.max_prompts is not None:
+        data = data.select(range(min(script_args.max_prompts, len(data))))
+    return data
+
+
+def _load_split(script_args: PowerScriptArguments, split: str) -> Any:
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     name = script_args.dataset_name
@@ -286,8 +294,6 @@ def load_prompts(script_args: PowerScriptArguments, split: str) -> Any:
     """The split as a prompt data set: a `prompt` column made by `prompt_template` from `prompt_column`, plus the
     other columns (the answers included). Missing columns raise a `ValueError` naming the data set's columns."""
     data = load_data(script_args, split)
-    if script_args.max_prompts is not None:
-        data = data.select(range(min(script_args.max_prompts, len(data))))
     columns = data.column_names
     needed = [script_args.prompt_column]
     if script_args.answer_column:
@@ -443,6 +449,31 @@ def reward_function(verifier: Any) -> Any:
 
     accuracy.__name__ = f"{verifier.name}_accuracy"
     return accuracy
+
+
+def run_script(main: Any, make_parser: Any) -> Any:
+    """A script's `__main__`: the process group first (several processes without a GPU then form a gloo group on
+    CPU), then `main` on the parsed command line and `--config` file."""
+    init_processes()
+    return main(*parse_args(make_parser()))
+
+
+def train_and_save(trainer: Any, training_args: Any, dataset_name: str | None) -> None:
+    """The end of a training script, as TRL's: train (resuming when asked), `save_model` (the adapter with
+    `use_peft`), `train_results.json`, `trainer_state.json` (every logged metric), the model card (main process),
+    the push with `push_to_hub`, and the trackers closed (transformers >= 5.18)."""
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+    if trainer.accelerator.is_main_process:
+        trainer.create_model_card(dataset_name=dataset_name)
+    trainer.accelerator.print(f"Model and model card saved to {training_args.output_dir}.")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=dataset_name)
+        trainer.accelerator.print(f"Pushed to https://huggingface.co/{trainer.hub_model_id}.")
+    if hasattr(trainer, "end"):
+        trainer.end()
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
