@@ -12,7 +12,7 @@ base model (trained if missing) and, on held-out prompts, evaluates
 
 Each row reports accuracy (the task's verifier), the self-reward E[log p_base(y|x)] of the answers, tokens
 forwarded and seconds per answer, and the measured gain over plain sampling next to the gain that the covariance
-diagnostic predicted from plain samples alone (`trl_power.evaluation.covariance_diagnostic`). The output folder
+diagnostic predicted from plain samples alone (`trl_power.diagnostic.covariance_diagnostic`). The output folder
 gets `report.md`, `results.json` and two PNG plots (accuracy against tokens per answer; predicted against measured
 gain). Everything is drawn from `--seed`.
 """

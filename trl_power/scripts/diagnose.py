@@ -5,7 +5,7 @@
 
 d/d alpha E_{p_alpha}[r] = Cov_{p_alpha}(r, log p), so E_{p_alpha}[r] - E_p[r] = integral_1^alpha Cov_{p_s}(r, log p) ds,
 estimated from plain samples of the base model with self-normalised weights p^(s-1), per prompt, with a bootstrap
-interval (`trl_power.evaluation.covariance_diagnostic`). The data set holds base samples, several per prompt: a
+interval (`trl_power.diagnostic.covariance_diagnostic`). The data set holds base samples, several per prompt: a
 reward column (or a `verifier` to compute it) and their log p(y|x) (`base_logprob`). `recipes/evaluate.py` with
 `method: temperature` writes such a data set (`answers.jsonl`) and runs this diagnostic itself; any other data set of
 samples with those columns works too. No model is loaded: this runs in seconds on a CPU.

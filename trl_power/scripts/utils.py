@@ -39,7 +39,7 @@ class PowerScriptArguments(ScriptArguments):
             `recipes/power_sample.py` (its merged `dataset/`).
         prompt_column: Column holding the problem / prompt text (or conversational messages).
         prompt_template: How a row becomes the model's prompt. `None`: the `prompt_column` as it is. A name of
-            `trl_power.math_verifier.PROMPT_TEMPLATES` (`qwen_math`: the Qwen2.5-Math chain-of-thought chat prompt;
+            `trl_power.prompts.PROMPT_TEMPLATES` (`qwen_math`: the Qwen2.5-Math chain-of-thought chat prompt;
             `reasoning_with_sampling`: the plain prompt of the power-sampling reference code). Or a format string in
             which `{prompt}` is the prompt column and `{name}` any other column, e.g. `"Question: {question}\\nAnswer:"`.
         answer_column: Column with the gold answers, for the `math` verifier (MATH-500: `answer`; MATH: `solution`,
