@@ -7,7 +7,7 @@
 (a) Enumerable models, alpha 4, finished-only target: two random ones (vocab 5, 3 new tokens) and a family of
     trap-shaped ones (`trl_power.tiny_models.trap_target`: a heavy first token with many weak continuations against a
     light one with a single strong continuation; heavy/strong = 0.6/0.9, 0.8/0.9, 0.8/0.6, the decision at position
-    0 or 2). Each model is a tiny Llama (head size 32, so that vLLM's CPU kernels serve it too) fitted to the shape;
+    0 or 1). Each model is a tiny Llama (head size 32, so that vLLM's CPU kernels serve it too) fitted to the shape;
     the exact p_4 is enumerated from the fitted model itself. Per method and setting, `--runs` independent answers:
     TV to p_4 minus the noise floor (the mean TV of as many exact draws, simulated), accuracy P(answer = the strong
     sequence) next to p_4's, tokens forwarded and wall seconds per answer. Best-of-N by self-reward and majority
@@ -47,11 +47,12 @@ WORDS = ["a", "b", "c", "q"]  # ids 1..4 after <eos> = 0; 4 is the prompt
 TRAPS = [(0.6, 0.9), (0.8, 0.9), (0.8, 0.6)]  # (heavy, strong)
 
 
-def enumerable_models(quick: bool) -> dict[str, dict]:
-    """{name: {model, max_new_tokens, strong}}; strong = the trap's answer (None for random models)."""
+def enumerable_models(quick: bool, which: str = "all") -> dict[str, dict]:
+    """{name: {model, max_new_tokens, strong, fit}}; strong = the trap's answer (None for random models); fit = how
+    well the fitted model matches its trap (KL(target || model), p_4(strong) of the target and of the model)."""
     shape = dict(arch="llama", hidden_size=64, num_heads=2, max_position_embeddings=32)
     out = {}
-    for seed in (3, 5)[: 1 if quick else 2]:
+    for seed in () if which == "trap" else (3, 5)[: 1 if quick else 2]:
         # random: fitted to a Dirichlet(0.5) draw over every completion of <= 3 tokens (a random init of this shape
         # almost never emits EOS, which leaves the finished target out of reach of any proposal)
         comps = all_completions(5, 0, 3)
@@ -59,17 +60,32 @@ def enumerable_models(quick: bool) -> dict[str, dict]:
         model = fit_to_distribution(
             build_model(5, seed=seed, **shape), [4], dict(zip(comps, law)), steps=30 if quick else 300
         )
-        out[f"random s{seed}"] = dict(model=model, max_new_tokens=3, strong=None)
-    for heavy, strong in TRAPS[: 1 if quick else 3]:
-        for d in (0, 2):
-            target = trap_target(max_new_tokens=d + 3, heavy=heavy, strong=strong, decision_position=d)
+        out[f"random s{seed}"] = dict(model=model, max_new_tokens=3, strong=None, fit=None)
+    for heavy, strong in () if which == "random" else TRAPS[: 1 if quick else 3]:
+        for d in (0, 1):
+            # 1000 Adam steps at lr 3e-3: 300 at 3e-2 left the 0.8/0.6 trap at KL 0.56 with p_4(strong) 0.0005 instead
+            # of 1.0, and 3e-2 diverges at d = 1 (KL 1.3-2.3); 1000 at 3e-3 fits every trap to KL <= 0.02
+            T = d + 3
+            target = trap_target(max_new_tokens=T, heavy=heavy, strong=strong, decision_position=d)
             model = fit_to_distribution(
-                build_model(5, seed=0, **shape), [4], target, steps=30 if quick else 300
+                build_model(5, seed=0, **shape), [4], target, steps=30 if quick else 1000, lr=3e-3
             )
             out[f"trap {heavy}/{strong} d{d}"] = dict(
-                model=model, max_new_tokens=d + 3, strong=trap_answer(0, d)
+                model=model, max_new_tokens=T, strong=trap_answer(0, d), fit=_fit(model, target, T, d)
             )
     return out
+
+
+def _fit(model, target: dict, T: int, d: int) -> str:
+    """KL(target || model) and p_4(strong) of the target's finished answers against the fitted model's."""
+    from trl_power.theory import exact_sequence_logprobs
+
+    logprobs, _ = exact_sequence_logprobs(model, None, [4], T)
+    kl = sum(v * (np.log(v) - logprobs[k]) for k, v in target.items())
+    finished = {k: v**ALPHA for k, v in target.items() if k[-1] == 0}
+    want = finished[trap_answer(0, d)] / sum(finished.values())
+    got = exact_power_distribution(model, None, [4], ALPHA, T).get(trap_answer(0, d), 0.0)
+    return f"KL(target || model) {kl:.3f}, p_4(strong answer): target {want:.3f}, model {got:.3f}"
 
 
 def settings(quick: bool) -> list[tuple[str, str, dict]]:
@@ -140,8 +156,12 @@ def part_a(args, engine: str) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     tmp = Path(tempfile.mkdtemp(prefix="frontier-"))
-    for name, spec in enumerable_models(args.quick).items():
+    fits = []
+    for name, spec in enumerable_models(args.quick, args.models).items():
         model, T, strong = spec["model"], spec["max_new_tokens"], spec["strong"]
+        if spec["fit"]:
+            fits.append(f"- {name}: {spec['fit']}")
+            print(fits[-1], flush=True)
         exact = exact_power_distribution(model, None, [4], ALPHA, T)
         floor = noise_floor(exact, runs)
         target_acc = exact.get(strong, 0.0) if strong else None
@@ -178,15 +198,18 @@ def part_a(args, engine: str) -> list[str]:
                     name, "baseline", label, None, acc, target_acc, out.stats["tokens_forwarded"], wall, runs
                 )
             )
-    return lines
+    return lines + (["", "Fitted trap models:", "", *fits] if fits else [])
 
 
 def _row(name, method, label, tv, acc, target_acc, tokens, wall, answers) -> str:
+    """One table row (also printed at once: the full run takes most of an hour)."""
     tv_s = "-" if tv is None else f"{tv:+.3f}"
     acc_s = "-" if acc is None else f"{acc:.2f} ({target_acc:.2f})"
-    return (
+    row = (
         f"| {name} | {method} | {label} | {tv_s} | {acc_s} | {tokens / answers:.1f} | {wall / answers:.5f} |"
     )
+    print(row, flush=True)
+    return row
 
 
 def part_b(args) -> list[str]:
@@ -262,6 +285,7 @@ def part_b(args) -> list[str]:
                 f"[{vs_plain.ci[0]:+.3f}, {vs_plain.ci[1]:+.3f}], {vs_plain.p_value:.3g} | "
                 f"{vs_mh.mean_difference:+.3f}, {vs_mh.p_value:.3g} |"
             )
+            print(lines[-1], flush=True)
     return lines
 
 
@@ -291,6 +315,7 @@ def part_c(args) -> list[str]:
         )
         _, wall = run_sampler(model, None, [[3]], cfg)
         lines.append(f"| {bs} | {wall:.1f} | {wall / n:.4f} |")
+        print(lines[-1], flush=True)
     return lines
 
 
@@ -301,6 +326,7 @@ def main() -> None:
     parser.add_argument("--parts", default="abc", help="any of a, b, c")
     parser.add_argument("--engines", nargs="+", default=["transformers"], choices=["transformers", "vllm"])
     parser.add_argument("--runs", type=int, default=1000, help="(a) answers per model and setting")
+    parser.add_argument("--models", default="all", choices=["all", "random", "trap"], help="(a) which models")
     parser.add_argument("--task_prompts", type=int, default=50, help="(b) held-out prompts per task")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
