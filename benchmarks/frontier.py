@@ -78,7 +78,7 @@ def enumerable_models(quick: bool, which: str = "all") -> dict[str, dict]:
 
 def _fit(model, target: dict, T: int, d: int) -> str:
     """KL(target || model) and p_4(strong) of the target's finished answers against the fitted model's."""
-    from trl_power.theory import exact_sequence_logprobs
+    from trl_power.sampling.exact import exact_sequence_logprobs
 
     logprobs, _ = exact_sequence_logprobs(model, None, [4], T)
     kl = sum(v * (np.log(v) - logprobs[k]) for k, v in target.items())

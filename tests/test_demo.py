@@ -43,7 +43,7 @@ def test_quick_writes_report_json_and_plots(quick_run):
     results = json.loads((out / "results.json").read_text())
     assert [t["task"] for t in results["tasks"]] == ["aligned", "misaligned"]
     for t in results["tasks"]:
-        assert len(t["rows"]) == 6 + len(results["settings"]["student_adapters"])
+        assert len(t["rows"]) == 7 + len(results["settings"]["student_adapters"])
         for row in t["rows"]:
             assert 0.0 <= row["accuracy"] <= 1.0
             assert row["tokens_per_answer"] > 0 and row["seconds_per_answer"] > 0

@@ -18,10 +18,10 @@ Three kinds of check, each with power against the bugs it is for (tests/test_mut
   within O(1/N) of p_alpha) by TV(p_alpha, p̂_n) <= 1/2 sum_y sqrt(p(y)(1-p(y))/n) + sqrt(log(1/δ)/(2n)), the
   probability-(1 - δ) bound for n iid draws (Jensen for the mean, McDiarmid for the deviation), δ = 1e-3.
 
-Proposal temperature 0.5 where not stated: the default 1/alpha = 0.25 at alpha = 4 proposes the random model's
+Proposal temperature 0.5 where not stated: the reference's 1/alpha = 0.25 at alpha = 4 proposes the random model's
 one-token answer <eos> with probability ~1e-3 while p_alpha gives it several percent; a finite budget cannot see it
 (the proposal blind spot, docs/sampling.md). The samplers stay correct for any proposal
-(`test_sir_weighted_set_is_consistent_with_default_proposal`).
+(`test_sir_weighted_set_is_consistent_with_the_reference_proposal`).
 """
 
 from __future__ import annotations
@@ -319,8 +319,9 @@ def test_low_temperature_is_not_the_power_distribution(trap_model, tokenizer):
     assert total_variation(emp, exact) > 0.7 - expected_tv_bound(q_low, 2000)
 
 
-def test_sir_weighted_set_is_consistent_with_default_proposal(random_model):
-    """With the default proposal (tau = 1/alpha = 0.25) a large weighted particle set still matches p_4.
+def test_sir_weighted_set_is_consistent_with_the_reference_proposal(random_model):
+    """With the reference's proposal (tau = 1/alpha = 0.25, `proposal_temperature=None`) a large weighted particle set
+    still matches p_4.
     Weighted TV error ~ 1/2 sum_y sqrt(p(y) E_q[w^2 | y]/N); we bound it by the iid bound scaled by
     sqrt(N / ESS) (ESS = effective sample size of the weights)."""
     alpha, N = 4.0, 20000
@@ -333,6 +334,7 @@ def test_sir_weighted_set_is_consistent_with_default_proposal(random_model):
         return_all_particles=True,
         batch_size=1,
         finished_only=False,
+        proposal_temperature=None,
     )
     out = PowerSampler(random_model, None, cfg).sample([[4]])
     assert out.weights is not None and sum(out.weights) == pytest.approx(1.0)

@@ -4,7 +4,7 @@ For each task (`aligned`: power should help; `misaligned`: power should hurt) th
 base model (trained if missing) and, on held-out prompts, evaluates
 
 - plain sampling (T = 1) and per-token low temperature (tau = 1/alpha), the 1x-cost baselines;
-- the power samplers MH, SMC and SIR (`PowerSampler`);
+- the power samplers MH (uniform and entropy-placed cuts), SMC and SIR (`PowerSampler`);
 - a power-self-distilled LoRA student: `generate_power_dataset` (SMC teacher, training-split prompts) then
   `PowerDistillTrainer`, answering by plain sampling;
 - a `PowerSelfRewardTrainer` LoRA policy (RLOO with the self-reward log p_ref, beta = 1/(alpha - 1)), answering by
@@ -73,7 +73,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument(
         "--particles", type=int, default=16, help="SMC particles / SIR proposals (and the teacher)"
     )
-    parser.add_argument("--mcmc_steps", type=int, default=10, help="MH steps (one block)")
+    parser.add_argument(
+        "--mcmc_steps", type=int, default=10, help="MH steps per block (the library's block schedule)"
+    )
     parser.add_argument(
         "--distill_prompts", type=int, default=512, help="training prompts of the teacher data"
     )
@@ -333,7 +335,11 @@ def run_task(args: Any, name: str, workdir: Path, bar: Any) -> dict[str, Any]:
     )
     samplers = [
         ("low temperature (tau=1/alpha)", cfg("low_temperature", args.samples)),
-        (f"MH ({args.mcmc_steps} steps)", cfg("mh", args.samples, mcmc_steps=args.mcmc_steps, block_size=T)),
+        (f"MH ({args.mcmc_steps} steps)", cfg("mh", args.samples, mcmc_steps=args.mcmc_steps)),
+        (
+            f"MH, entropy cuts ({args.mcmc_steps} steps)",
+            cfg("mh", args.samples, mcmc_steps=args.mcmc_steps, mh_cut="entropy"),
+        ),
         (f"SMC ({args.particles} particles)", cfg("smc", args.samples, num_particles=args.particles)),
         (f"SIR ({args.particles} proposals)", cfg("sir", args.samples, num_particles=args.particles)),
     ]
@@ -516,7 +522,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory() as tmp,
         tqdm(
-            total=(6 + len(args.student_adapters)) * len(args.tasks), desc="trl-power demo", unit="method"
+            total=(7 + len(args.student_adapters)) * len(args.tasks), desc="trl-power demo", unit="method"
         ) as bar,
     ):
         for name in args.tasks:

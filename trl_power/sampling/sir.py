@@ -1,6 +1,6 @@
 """Sampling-importance-resampling (best-of-N with the right weights).
 
-Draw N completions y^(n) ~ q (proposal temperature tau, default 1/alpha), weight
+Draw N completions y^(n) ~ q (proposal temperature tau, `proposal_temperature`), weight
 w_n ∝ p(y^(n))^alpha / q(y^(n)) = exp(alpha * sum_t log p - sum_t log q) (times 1{y ends with EOS} for the
 finished-only target), self-normalise, resample one. Exact as N → ∞; the weighted set itself is a consistent
 estimate of p_alpha, and the mean unnormalised weight Ẑ an unbiased estimate of Z_alpha = sum_y p(y)^alpha.

@@ -1,6 +1,6 @@
 """Sequential Monte Carlo power sampling (Power-SMC, Azizi et al. 2026).
 
-N particles per run, proposal q ∝ p^(1/tau) (default tau = 1/alpha). The intermediate target after t tokens is
+N particles per run, proposal q ∝ p^(1/tau) (tau = `proposal_temperature`). The intermediate target after t tokens is
 gamma_t(y_{1:t}) = p(y_{1:t})^alpha, so each new token multiplies a live particle's weight by
 
     p(y_t | y_<t)^alpha / q(y_t | y_<t)      (for tau = 1/alpha: the local normaliser sum_v p(v | y_<t)^alpha);

@@ -26,6 +26,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from accelerate.utils import is_peft_model
 from trl import ModelConfig
 
@@ -117,7 +118,8 @@ def main(script_args: PowerScriptArguments, config: EvaluateConfig, model_args: 
     # 2. Scores (main process): rewards, the self-reward log p_base (under an adapter's base model, adapter disabled,
     # or base_model_name_or_path; else the sampling model's own log p), cost (trl_power.evaluation).
     rewards = verifier.rewards(answers["prompt"], answers["completion"])
-    scorer = model if model is not None and is_peft_model(model) else None
+    # a PEFT adapter (accelerate's is_peft_model takes torch modules only: not a vllm.LLM)
+    scorer = model if isinstance(model, torch.nn.Module) and is_peft_model(model) else None
     if config.base_model_name_or_path is not None:
         scorer, _ = load_model(
             dataclasses.replace(model_args, model_name_or_path=config.base_model_name_or_path)
