@@ -175,6 +175,26 @@ def _is_empty_completion(value: Any) -> bool:
     return False
 
 
+def _as_distill_config(args: Any, model: Any) -> PowerDistillConfig:
+    """`args` as a PowerDistillConfig: the default one for `model`, or, as SFTTrainer does with a TrainingArguments,
+    the same fields with the rest at PowerDistillConfig's defaults; a `TypeError` for anything else."""
+    if args is None:
+        model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+        args = PowerDistillConfig(f"{model_name.split('/')[-1]}-PowerDistill")
+    elif isinstance(args, TrainingArguments) and not isinstance(args, PowerDistillConfig):
+        # As SFTTrainer does with a TrainingArguments: the same fields, the rest at PowerDistillConfig's defaults.
+        fields = {f.name for f in dataclasses.fields(PowerDistillConfig) if f.init}
+        values = {k: v for k, v in args.to_dict().items() if k in fields}
+        values["hub_token"] = args.hub_token  # to_dict hides it
+        args = PowerDistillConfig(**values)
+    elif not isinstance(args, PowerDistillConfig):
+        raise TypeError(
+            f"PowerDistillTrainer needs a PowerDistillConfig (or an SFTConfig / TrainingArguments to convert), got "
+            f"{type(args).__name__}."
+        )
+    return args
+
+
 class PowerDistillTrainer(SFTTrainer):
     r"""
     Power self-distillation: maximum likelihood on teacher samples from p_alpha(y|x) ∝ p(y|x)^alpha, i.e.
@@ -244,20 +264,7 @@ class PowerDistillTrainer(SFTTrainer):
         teacher_model: str | PreTrainedModel | None = None,
     ):
         check_private_hooks(SFTTrainer)
-        if args is None:
-            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
-            args = PowerDistillConfig(f"{model_name.split('/')[-1]}-PowerDistill")
-        elif isinstance(args, TrainingArguments) and not isinstance(args, PowerDistillConfig):
-            # As SFTTrainer does with a TrainingArguments: the same fields, the rest at PowerDistillConfig's defaults.
-            fields = {f.name for f in dataclasses.fields(PowerDistillConfig) if f.init}
-            values = {k: v for k, v in args.to_dict().items() if k in fields}
-            values["hub_token"] = args.hub_token  # to_dict hides it
-            args = PowerDistillConfig(**values)
-        elif not isinstance(args, PowerDistillConfig):
-            raise TypeError(
-                f"PowerDistillTrainer needs a PowerDistillConfig (or an SFTConfig / TrainingArguments to convert), got "
-                f"{type(args).__name__}."
-            )
+        args = _as_distill_config(args, model)
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
 
@@ -267,29 +274,7 @@ class PowerDistillTrainer(SFTTrainer):
         except ValueError:  # no EOS known yet: the tokenizer SFTTrainer loads gives it
             self._eos_ids = []
         self._sampling_config = args.power_sampling_config
-        validate_teacher_dataset(
-            train_dataset, "train", self._online, args.use_sampled_ids, formatted=formatting_func is not None
-        )
-        self._dataset_metadata = power_dataset_metadata(train_dataset)
-        self._check_alpha(args)
-        sampled_target = ((self._dataset_metadata or {}).get("sampling_config") or {}).get("finished_only")
-        if args.finished_only and sampled_target is False and _has_varying_weights(train_dataset):
-            raise ValueError(
-                "The teacher particles were weighted for the truncated target (finished_only=False); dropping their cut "
-                "answers would leave each run weighted by its finished fraction. Sample them with finished_only=True, "
-                "or distill with PowerDistillConfig(finished_only=False)."
-            )
-        eval_sets = (
-            eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset} if eval_dataset else {}
-        )
-        for key, dataset in eval_sets.items():
-            validate_teacher_dataset(
-                dataset,
-                key,
-                online=False,
-                use_sampled_ids=args.use_sampled_ids,
-                formatted=formatting_func is not None,
-            )
+        self._check_teacher_data(args, train_dataset, eval_dataset, formatted=formatting_func is not None)
         self._weighted = "weight" in get_dataset_column_names(train_dataset) or self._online
         # non-uniform weights (particle sets), for the model card
         if self._online:
@@ -324,6 +309,35 @@ class PowerDistillTrainer(SFTTrainer):
             self._teacher_model.to(self.accelerator.device)
 
     # ----- data ------------------------------------------------------------------------------------------------------
+
+    def _check_teacher_data(
+        self, args: PowerDistillConfig, train_dataset: Any, eval_dataset: Any, formatted: bool
+    ) -> None:
+        """Clear errors before training: the data sets' columns (`validate_teacher_dataset`), the teacher's alpha
+        against the config's, and particles weighted for the other target."""
+        validate_teacher_dataset(
+            train_dataset, "train", self._online, args.use_sampled_ids, formatted=formatted
+        )
+        self._dataset_metadata = power_dataset_metadata(train_dataset)
+        self._check_alpha(args)
+        sampled_target = ((self._dataset_metadata or {}).get("sampling_config") or {}).get("finished_only")
+        if args.finished_only and sampled_target is False and _has_varying_weights(train_dataset):
+            raise ValueError(
+                "The teacher particles were weighted for the truncated target (finished_only=False); dropping their cut "
+                "answers would leave each run weighted by its finished fraction. Sample them with finished_only=True, "
+                "or distill with PowerDistillConfig(finished_only=False)."
+            )
+        eval_sets = (
+            eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset} if eval_dataset else {}
+        )
+        for key, dataset in eval_sets.items():
+            validate_teacher_dataset(
+                dataset,
+                key,
+                online=False,
+                use_sampled_ids=args.use_sampled_ids,
+                formatted=formatted,
+            )
 
     def _init_teacher(
         self, model: Any, teacher_model: Any, peft_config: Any, args: PowerDistillConfig
