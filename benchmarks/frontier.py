@@ -2,6 +2,7 @@
 
     python benchmarks/frontier.py --out benchmarks/results/frontier.md             # CPU, transformers engine
     python benchmarks/frontier.py --engines transformers vllm --parts a            # (a) on both engines
+    python benchmarks/frontier.py --parts a --models trap --mh_steps 60 100 --only 0.8/   # MH with more steps
     python benchmarks/frontier.py --quick                                           # seconds, numbers meaningless
 
 (a) Enumerable models, alpha 4, finished-only target: two random ones (vocab 5, 3 new tokens) and a family of
@@ -47,12 +48,14 @@ WORDS = ["a", "b", "c", "q"]  # ids 1..4 after <eos> = 0; 4 is the prompt
 TRAPS = [(0.6, 0.9), (0.8, 0.9), (0.8, 0.6)]  # (heavy, strong)
 
 
-def enumerable_models(quick: bool, which: str = "all") -> dict[str, dict]:
+def enumerable_models(quick: bool, which: str = "all", only: str | None = None) -> dict[str, dict]:
     """{name: {model, max_new_tokens, strong, fit}}; strong = the trap's answer (None for random models); fit = how
     well the fitted model matches its trap (KL(target || model), p_4(strong) of the target and of the model)."""
     shape = dict(arch="llama", hidden_size=64, num_heads=2, max_position_embeddings=32)
     out = {}
     for seed in () if which == "trap" else (3, 5)[: 1 if quick else 2]:
+        if only and only not in f"random s{seed}":
+            continue
         # random: fitted to a Dirichlet(0.5) draw over every completion of <= 3 tokens (a random init of this shape
         # almost never emits EOS, which leaves the finished target out of reach of any proposal)
         comps = all_completions(5, 0, 3)
@@ -63,8 +66,10 @@ def enumerable_models(quick: bool, which: str = "all") -> dict[str, dict]:
         out[f"random s{seed}"] = dict(model=model, max_new_tokens=3, strong=None, fit=None)
     for heavy, strong in () if which == "random" else TRAPS[: 1 if quick else 3]:
         for d in (0, 1):
+            if only and only not in f"trap {heavy}/{strong} d{d}":
+                continue
             # 1000 Adam steps at lr 3e-3: 300 at 3e-2 left the 0.8/0.6 trap at KL 0.56 with p_4(strong) 0.0005 instead
-            # of 1.0, and 3e-2 diverges at d = 1 (KL 1.3-2.3); 1000 at 3e-3 fits every trap to KL <= 0.02
+            # of 1.0, and 3e-2 diverges at d = 1 (KL 1.3-2.3); 1000 at 3e-3 fits every trap (KL 0.011-0.036)
             T = d + 3
             target = trap_target(max_new_tokens=T, heavy=heavy, strong=strong, decision_position=d)
             model = fit_to_distribution(
@@ -157,7 +162,7 @@ def part_a(args, engine: str) -> list[str]:
     ]
     tmp = Path(tempfile.mkdtemp(prefix="frontier-"))
     fits = []
-    for name, spec in enumerable_models(args.quick, args.models).items():
+    for name, spec in enumerable_models(args.quick, args.models, args.only).items():
         model, T, strong = spec["model"], spec["max_new_tokens"], spec["strong"]
         if spec["fit"]:
             fits.append(f"- {name}: {spec['fit']}")
@@ -174,7 +179,13 @@ def part_a(args, engine: str) -> list[str]:
             build_tokenizer(WORDS, with_pad=False).save_pretrained(folder)
             runner = load_vllm(str(folder), max_model_len=32)
         base = dict(alpha=ALPHA, max_new_tokens=T, num_samples_per_prompt=runs, batch_size=1 << 16, seed=1)
-        for method, label, kw in settings(args.quick):
+        grid = settings(args.quick)
+        if args.mh_steps:  # an MH-only grid: uniform cuts at these step counts, tau 1
+            grid = [
+                ("mh", f"tau 1, {n} steps, uniform cuts", dict(proposal_temperature=1.0, mcmc_steps=n))
+                for n in args.mh_steps
+            ]
+        for method, label, kw in grid:
             cfg = PowerSamplingConfig(method=method, **base, **resolve(kw, T))
             out, wall = run_sampler(runner, None, [[4]], cfg)
             tv = total_variation(empirical_distribution(out.completion_ids), exact) - floor
@@ -182,6 +193,8 @@ def part_a(args, engine: str) -> list[str]:
             lines.append(
                 _row(name, method, label, tv, acc, target_acc, out.stats["tokens_forwarded"], wall, runs)
             )
+        if args.mh_steps:
+            continue
         # compute-matched baselines: N plain samples per answer
         n = 16
         cfg = PowerSamplingConfig(method="temperature", **{**base, "num_samples_per_prompt": runs * n})
@@ -327,6 +340,16 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=["transformers"], choices=["transformers", "vllm"])
     parser.add_argument("--runs", type=int, default=1000, help="(a) answers per model and setting")
     parser.add_argument("--models", default="all", choices=["all", "random", "trap"], help="(a) which models")
+    parser.add_argument(
+        "--mh_steps",
+        type=int,
+        nargs="+",
+        default=None,
+        help="(a) instead of the grid: MH at tau 1 with these steps",
+    )
+    parser.add_argument(
+        "--only", default=None, help="(a) only the models whose name contains this, e.g. '0.8/0.6 d0'"
+    )
     parser.add_argument("--task_prompts", type=int, default=50, help="(b) held-out prompts per task")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
