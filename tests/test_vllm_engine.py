@@ -180,11 +180,12 @@ def test_entropies_and_branches_on_vllm_are_those_of_the_model(llm, twin):
     assert children.tokens[:3] == [[4, v] for v in ids[0]]
 
 
-def test_entropy_cut_mh_and_lookahead_on_vllm(llm, twin):
+def test_entropy_cut_mh_on_vllm(llm, twin):
     """Entropy-cut MH (400 chains, 40 steps, alpha 2, tau 0.5, truncated target) against the exact entropy-cut kernel
     by chi-square (power >= 0.99 against no proposal correction, asserted; the cut ratio's own power is on the
-    transformers engine, where the entropies of the trap model differ more); the lookahead (K = vocab, M = 8, rollouts
-    to the end) within the iid TV bound of p^2 (n = 400)."""
+    transformers engine, where the entropies of the trap model differ more). The lookahead uses the engine only through
+    `branch` and `extend` (checked above and by the two engines agreeing); its law is tested on the transformers engine
+    (tests/test_sampling_exactness.py), which keeps this module within the suite's time."""
     kernel = MHKernel(twin, [4], vocab=5, horizon=T, tau=0.5)
     law = kernel.law_after(40, 2.0, finished_only=False, cut="entropy")
     wrong = kernel.law_after(40, 2.0, finished_only=False, cut="entropy", mutation="no_proposal_correction")
@@ -192,17 +193,6 @@ def test_entropy_cut_mh_and_lookahead_on_vllm(llm, twin):
     out = sample(llm, "mh", 2.0, mcmc_steps=40, block_size=T, mh_cut="entropy")
     stat, df, pvalue = chi_square(out.completion_ids, law)
     assert pvalue > LEVEL, (stat, df, pvalue)
-    exact = exact_power_distribution(twin, None, [4], 2.0, T, finished_only=False)
-    out = sample(
-        llm,
-        "lookahead",
-        2.0,
-        lookahead_candidates=5,
-        lookahead_rollouts=8,
-        lookahead_horizon=T,
-        batch_size=16000,
-    )
-    assert total_variation(empirical_distribution(out.completion_ids), exact) <= expected_tv_bound(exact, 400)
 
 
 def test_same_seed_same_samples_on_vllm(llm):
