@@ -29,10 +29,10 @@ from trl_power.scripts.utils import (
     init_processes,
     load_prompts,
     load_verifier,
-    reward_function,
     run_script,
     train_and_save,
 )
+from trl_power.verifiers import as_reward_function
 
 
 @dataclass
@@ -67,7 +67,7 @@ def main(
     verifier = load_verifier(script_args, *[d for d in (train_dataset, eval_dataset) if d is not None])
     reward_funcs = None
     if verifier is not None:
-        reward_funcs = [reward_function(verifier)]
+        reward_funcs = [as_reward_function(verifier)]
         if training_args.reward_weights is None:
             training_args.reward_weights = [script_args.verifier_reward_weight]
 

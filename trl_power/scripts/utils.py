@@ -416,39 +416,11 @@ def _is_adapter(name: str, revision: str | None) -> bool:
 
 
 def load_verifier(script_args: PowerScriptArguments, *datasets: Any) -> Any:
-    """The verifier named by `script_args.verifier` (None when unset): a `MathVerifier` whose gold answers come from
-    the prompt data sets given, or an embedded task. Both have `verify(prompt, completion)` and `rewards(...)`."""
-    name = script_args.verifier
-    if name is None:
-        return None
-    if name == "math":
-        from datasets import concatenate_datasets
+    """The verifier named by `script_args.verifier` (`trl_power.verifiers.get_verifier`; None when unset), with the
+    gold answers of `datasets` in `answer_column` for `math`."""
+    from trl_power.verifiers import get_verifier
 
-        from trl_power.math_verifier import MathVerifier
-
-        data = concatenate_datasets(
-            [d.select_columns(["prompt", script_args.answer_column]) for d in datasets]
-        )
-        return MathVerifier.from_dataset(data, "prompt", script_args.answer_column)
-    from trl_power.tasks import list_tasks
-
-    if name not in list_tasks():
-        raise ValueError(f"verifier must be 'math' or a task name {list_tasks()}, got {name!r}.")
-    from trl_power.tasks import get_task
-
-    return get_task(name)
-
-
-def reward_function(verifier: Any) -> Any:
-    """The verifier as a TRL reward function (called with `prompts`, `completions` and the data set columns)."""
-    if callable(verifier):  # MathVerifier
-        return verifier
-
-    def accuracy(prompts: list, completions: list, **kwargs: Any) -> list[float]:
-        return verifier.rewards(prompts, completions)
-
-    accuracy.__name__ = f"{verifier.name}_accuracy"
-    return accuracy
+    return get_verifier(script_args.verifier, script_args.answer_column, *datasets)
 
 
 def run_script(main: Any, make_parser: Any) -> Any:
