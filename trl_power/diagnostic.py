@@ -106,11 +106,14 @@ def _bootstrap(
     cov: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bootstrap replicates of the gain [B] and of the curve [B, S]: `resample="samples"` resamples each prompt's
-    samples within it (these prompts), `"prompts"` whole prompts with their samples (new prompts)."""
+    samples within it (these prompts), `"prompts"` whole prompts with their samples (new prompts); with `bootstrap=0`
+    the estimate alone (B = 1)."""
     rng = np.random.default_rng(seed)
     P, n = r.shape
     sizes = mask.sum(1).astype(int)
-    boot_gain, boot_curve = [np.zeros(0)], [np.zeros((0, s.size))]
+    if bootstrap == 0:  # no replicates: the estimate itself stands for them
+        return prompt_gain.mean(-1, keepdims=True), cov.mean(-2)[None]
+    boot_gain, boot_curve = [], []
     chunk = max(1, int(2e6 // max(1, P * n * s.size)))
     done = 0
     while done < bootstrap:
@@ -218,8 +221,6 @@ def covariance_diagnostic(
 
     sizes = mask.sum(1).astype(int)
     bg, bc = _bootstrap(r, lp, mask, s, alpha, bootstrap, resample, seed, prompt_gain, cov)
-    if not bootstrap:
-        bg, bc = np.array([gain]), curve[None]
     q = (1 - confidence) / 2
     lo, hi = _interval(bg, gain, confidence, interval)
     r_live = r[mask > 0]  # the gain cannot leave [min r - E_p r, max r - E_p r]

@@ -19,7 +19,7 @@ row that these operations gather) and `VLLMEngine` (vllm_engine.py: an offline `
 the prefix cache serves their shared prefixes). `make_engine(model, tokenizer)` picks the one for a model.
 
 Randomness: every random number of a run (row of a sampler's batch) comes from that run's generator (`RunRandom`),
-seeded by (seed, prompt index, sample index) (`chain_generator`), so results do not depend on batching.
+seeded by (seed, prompt index, sample index) (`trl_power.seeding.chain_generator`), so results do not depend on batching.
 """
 
 from __future__ import annotations
