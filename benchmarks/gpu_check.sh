@@ -8,6 +8,8 @@
 # 1. 0.5B-shaped dummy model, MATH-like length (1024 new tokens), both engines, batch 8 and 64: plain, MH at the
 #    reference's schedule scaled to the length (16 blocks, 10 steps), SMC with 16 particles, SIR with 16.
 # 2. 7B-shaped dummy model, vLLM engine, batch 64: plain, SMC 16 particles, MH (16 blocks, 10 steps).
+# 3. TRL's colocate weight sync into a GPU engine (vLLM's layerwise reload, docs/vllm.md "Weight sync"): the test
+#    that the engine's log-probs after a sync equal the trained model's (the trainer itself stays on the CPU).
 # Targets (issue): SMC <= 3x the wall time of plain sampling at the same batch; MH at the reference settings <= 10x.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,7 @@ timeout 170 "$PY" benchmarks/engines.py --models 0.5b --batches 8 64 "${common[@
     --out "$OUT/engines_0.5b.md" 2>&1 | tail -n 25
 timeout 110 "$PY" benchmarks/engines.py --models 7b --batches 64 --engines vllm --methods temperature smc mh \
     "${common[@]}" --gpu_memory_utilization 0.85 --out "$OUT/engines_7b.md" 2>&1 | tail -n 12
+timeout 150 "$PY" -m pytest -q tests/test_vllm_engine.py -k colocate 2>&1 | tail -n 5 | tee "$OUT/colocate_sync.txt" || true
 "$PY" - "$OUT" <<'PYEOF'
 import json, sys
 from pathlib import Path

@@ -343,7 +343,13 @@ def test_online_teacher_on_vllm(llm, model_dir, tmp_path):
 
 def test_self_reward_trainer_with_vllm_colocate(model_dir, tmp_path):
     """TRL's `use_vllm=True, vllm_mode="colocate"` with PowerSelfRewardTrainer runs on CPU: completions come from the
-    in-process vLLM engine TRL builds, the self-reward is logged and the weights move (own process, see the script)."""
+    in-process vLLM engine TRL builds, the self-reward is logged, the weights move, and after a sync the engine's
+    log-probs of fixed completions equal the trained model's (own process, see the script).
+
+    Tolerance: both are float32 log-softmaxes of the same weights, through different GEMM kernels (oneDNN / sgl on
+    AVX-512 CPUs): |difference| <= 1e-5 nats (7e-7 seen). Power: training moves them by > 1e-2 (asserted; 1.8 seen), so
+    an engine left on the old weights (the silent failure mode of a sync into a `layer.weight` the kernels do not read)
+    fails; the sync failing outright (AttributeError: no `weight_loader`, vLLM's CPU packing) fails the return code."""
     import subprocess
     import sys
 
@@ -358,3 +364,6 @@ def test_self_reward_trainer_with_vllm_colocate(model_dir, tmp_path):
     assert result["vllm_generate_calls"] >= 2 and result["moved"]
     assert {"self_reward/mean", "total_reward/mean", "reward", "kl"} <= set(result["logged"])
     assert all(x < 0 for x in result["self_reward"])
+    after, model = np.concatenate(result["engine_after"]), np.concatenate(result["model_after"])
+    moved = np.abs(np.concatenate(result["engine_before"]) - model).max()
+    assert np.abs(after - model).max() <= 1e-5 and moved > 1e-2, (after, model, moved)

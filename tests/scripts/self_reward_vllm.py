@@ -3,19 +3,44 @@
 
     python tests/scripts/self_reward_vllm.py MODEL_DIR OUT_DIR
 
-Writes OUT_DIR/result.json: whether the completions came from vLLM, the logged metric names, and whether the weights
-moved.
+Writes OUT_DIR/result.json: whether the completions came from vLLM, the logged metric names, whether the weights
+moved, and the per-token log-probs of fixed completions under the engine before training, under the engine after
+training and one more sync, and under the trained model itself (transformers, float32).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
 
 import torch
+import trl.generation.vllm_generation as trl_vllm
 
+from trl_power.scoring import completion_token_logprobs
 from trl_power.trainers.utils import CPU_RUN
+
+# fixed (prompt, completion) token ids: q -> a b <eos>, q a -> c <eos> (vocab: 0 <eos>, 1 a, 2 b, 3 c, 4 q)
+FIXED = [([4], [1, 2, 0]), ([4, 1], [3, 0])]
+
+
+def engine_logprobs(llm) -> list[list[float]]:
+    """log p(completion token | prefix) under the engine: its raw prompt log-probs of prompt + completion."""
+    from vllm import SamplingParams
+
+    requests = [{"prompt_token_ids": p + c} for p, c in FIXED]
+    outputs = llm.generate(requests, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+    return [
+        [out.prompt_logprobs[len(p) + t][token].logprob for t, token in enumerate(c)]
+        for out, (p, c) in zip(outputs, FIXED)
+    ]
+
+
+def model_logprobs(model) -> list[list[float]]:
+    with torch.no_grad():
+        lp, _ = completion_token_logprobs(model.eval(), [p for p, _ in FIXED], [c for _, c in FIXED])
+    return [lp[i, : len(c)].tolist() for i, (_, c) in enumerate(FIXED)]
 
 
 def main(model_dir: str, out_dir: str) -> None:
@@ -25,6 +50,9 @@ def main(model_dir: str, out_dir: str) -> None:
     from trl_power import PowerSelfRewardConfig, PowerSelfRewardTrainer
 
     torch.set_num_threads(1)
+    # TRL builds the colocated engine with vLLM's dtype "auto", which runs a float32 checkpoint in bf16 on this
+    # platform (log-probs then differ from the model's by ~0.01 nats); the comparison below needs float32
+    trl_vllm.LLM = functools.partial(trl_vllm.LLM, dtype="float32")
     args = PowerSelfRewardConfig(
         output_dir=out_dir,
         per_device_train_batch_size=4,
@@ -46,8 +74,9 @@ def main(model_dir: str, out_dir: str) -> None:
         processing_class=PreTrainedTokenizerFast.from_pretrained(model_dir),
     )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    calls = []
     llm = trainer.vllm_generation.llm
+    engine_before, model_before = engine_logprobs(llm), model_logprobs(trainer.model)
+    calls = []
     original = llm.generate
 
     def spy(*a, **k):
@@ -56,7 +85,13 @@ def main(model_dir: str, out_dir: str) -> None:
 
     llm.generate = spy
     trainer.train()
+    llm.generate = original
+    trainer.vllm_generation.sync_weights()  # the last step's update: the engine held the weights before it
     result = {
+        "engine_before": engine_before,
+        "model_before": model_before,
+        "engine_after": engine_logprobs(llm),
+        "model_after": model_logprobs(trainer.model),
         "vllm_generate_calls": len(calls),
         "logged": sorted({k for h in trainer.state.log_history for k in h}),
         "moved": any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters()),

@@ -32,7 +32,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -324,6 +325,29 @@ def check_llm(llm: Any) -> None:
                 f"(the logprob vLLM reports for a sampled token must be the proposal's). Build it with "
                 f"vllm.LLM(..., {key}={value!r}), or with trl_power.load_vllm(model)."
             )
+
+
+@contextmanager
+def weights_reloaded_in_place(llm: Any) -> Iterator[None]:
+    """Within this block, weights loaded into an in-process `vllm.LLM` (its model's `load_weights`, as TRL's colocate
+    sync calls it one parameter at a time) reach the kernels the engine runs.
+
+    A plain `load_weights` writes into `layer.weight`, which is what the engine computes with only if the layer kept
+    it: vLLM's CPU build packs a linear layer's weights for its oneDNN or sgl GEMM and leaves `layer.weight` empty
+    wherever its build supports that kernel on the CPU at hand (the AVX-512 machines of this project: every layer;
+    the AVX2 one: none), and quantized layers keep processed copies too. vLLM's layerwise reload, the mechanism of its own `reload_weights`, handles every such
+    case: it puts each layer back in its checkpoint layout, buffers the tensors loaded into it until the layer is
+    complete, reruns the layer's `process_weights_after_loading` (repacking on CPU) and copies the result into the
+    tensors the engine already holds (so CUDA graphs stay valid). Layers that receive no weights keep theirs."""
+    from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
+
+    runner = llm.llm_engine.model_executor.driver_worker.model_runner
+    model = runner.get_model()
+    initialize_layerwise_reload(model)
+    try:
+        yield
+    finally:
+        finalize_layerwise_reload(model, runner.model_config)
 
 
 def _engine_eos_ids(llm: Any, tokenizer: Any) -> list[int]:

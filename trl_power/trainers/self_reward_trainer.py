@@ -157,6 +157,27 @@ class PowerSelfRewardTrainer(RLOOTrainer):
             peft_config=peft_config,
         )
         self.num_true_rewards = 0 if self.reward_funcs == [no_reward] else len(self.reward_funcs)
+        if self.use_vllm and self.vllm_mode == "colocate":
+            self._sync_colocated_weights_in_place()
+
+    def _sync_colocated_weights_in_place(self) -> None:
+        """TRL's colocate sync (gathering, PEFT merging, waking a sleeping engine, prefix-cache reset: all TRL's),
+        run inside vLLM's layerwise reload (`weights_reloaded_in_place`): TRL loads each parameter into the engine
+        model's `layer.weight`, which vLLM's CPU build empties when it packs a layer for its own GEMM kernel (and
+        quantized engines keep processed copies), so without the reload the sync fails or leaves the engine on the
+        old weights."""
+        from trl_power.sampling.vllm_engine import weights_reloaded_in_place
+
+        generation = self.vllm_generation
+        sync = generation.sync_weights
+
+        def sync_weights() -> None:
+            if generation.enable_sleep_mode:  # the layers must be mapped before the reload captures them
+                generation.llm.wake_up(tags=["weights"])
+            with weights_reloaded_in_place(generation.llm):
+                sync()
+
+        generation.sync_weights = sync_weights
 
     # ----- the power target, in RLOO's reference pass ---------------------------------------------------------------
 
