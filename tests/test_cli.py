@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,9 @@ TINY = ROOT / "recipes" / "configs" / "tiny"
 LAUNCHED = ["sample", "self-reward", "distill", "eval"]
 SCRIPTS = cli.script_commands()
 OURS = {"single_gpu", "multi_cpu"}
+spec = importlib.util.spec_from_file_location("sync_configs", ROOT / "tools" / "sync_accelerate_configs.py")
+sync_configs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sync_configs)
 
 
 @pytest.fixture
@@ -81,15 +86,12 @@ def test_every_training_command_launches_its_recipe(command, launches):
 
 
 def test_accelerate_config_names_and_paths():
-    """Our two configs (single_gpu: one process, where TRL's sets 8; multi_cpu: two gloo processes) and TRL's own
-    (multi_gpu, fsdp2, zero2, zero3, ...) by name, any file by path, both option spellings."""
-    import importlib.resources as resources
-
-    trl_dir = Path(next(iter(resources.files("trl.accelerate_configs").iterdir()))).parent
+    """Every config of accelerate_configs/ by name (our single_gpu: one process, where TRL's sets 8; multi_cpu: two
+    gloo processes; TRL's multi_gpu, fsdp1/2, zero1/2/3 copied), any file by path, both option spellings."""
     names = cli.accelerate_config_names()
-    assert {"single_gpu", "multi_gpu", "fsdp2", "zero2", "zero3", "multi_cpu"} <= set(names)
+    assert {"single_gpu", "multi_cpu", "multi_gpu", "fsdp1", "fsdp2", "zero1", "zero2", "zero3"} <= set(names)
     for name in names:
-        path = ROOT / "accelerate_configs" / f"{name}.yaml" if name in OURS else trl_dir / f"{name}.yaml"
+        path = ROOT / "accelerate_configs" / f"{name}.yaml"
         assert cli.resolve_accelerate_config(["--accelerate_config", name, "--x"]) == [
             "--config_file",
             str(path),
@@ -100,11 +102,66 @@ def test_accelerate_config_names_and_paths():
             settings = yaml.safe_load(path.read_text())
             assert settings["num_processes"] == {"single_gpu": 1, "multi_cpu": 2}[name]
             assert settings["use_cpu"] == (name == "multi_cpu")
-    assert yaml.safe_load((trl_dir / "single_gpu.yaml").read_text())["num_processes"] == 8  # why ours exists
+    trl_single_gpu = resources.files("trl.accelerate_configs").joinpath("single_gpu.yaml").read_text()
+    assert yaml.safe_load(trl_single_gpu)["num_processes"] == 8  # why ours exists
     with pytest.raises(ValueError, match="neither a file nor one of"):
         cli.resolve_accelerate_config(["--accelerate_config", "zero4"])
     with pytest.raises(ValueError, match="needs a value"):
         cli.resolve_accelerate_config(["--accelerate_config"])
+
+
+def test_trl_accelerate_configs_are_copied_unchanged():
+    """accelerate_configs/ holds every config the installed TRL ships (but single_gpu, ours), byte for byte
+    (tools/sync_accelerate_configs.py rewrites them after a TRL bump)."""
+    copies = sync_configs.trl_configs()
+    assert {
+        "multi_gpu.yaml",
+        "fsdp1.yaml",
+        "fsdp2.yaml",
+        "zero1.yaml",
+        "zero2.yaml",
+        "zero3.yaml",
+    } <= copies.keys()
+    for name, data in copies.items():
+        assert (ROOT / "accelerate_configs" / name).read_bytes() == data, (
+            f"{name}: run tools/sync_accelerate_configs.py"
+        )
+
+
+# what `accelerate launch` makes of each config: processes, launcher, and the ZeRO stage / FSDP version
+LAUNCH_SETTINGS = {
+    "single_gpu": (1, "single", None),
+    "multi_cpu": (2, "multi_gpu", None),
+    "multi_gpu": (8, "multi_gpu", None),
+    "fsdp1": (8, "fsdp", 1),
+    "fsdp2": (8, "fsdp", 2),
+    "zero1": (8, "deepspeed", 1),
+    "zero2": (8, "deepspeed", 2),
+    "zero3": (8, "deepspeed", 3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCH_SETTINGS))
+def test_accelerate_launch_parses_each_config(name):
+    """`accelerate launch --config_file accelerate_configs/<name>.yaml recipes/power_distill.py ...` as accelerate
+    reads it: its own argument parser, then the config-file merge (`_validate_launch_command`, the step before it
+    picks a launcher). Catches a file accelerate cannot read, a missing one, and a config that launches otherwise
+    than its name says."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    script = str(ROOT / "recipes" / "power_distill.py")
+    argv = ["--config_file", str(ROOT / "accelerate_configs" / f"{name}.yaml"), script, "--max_steps", "1"]
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv))
+    processes, launcher, level = LAUNCH_SETTINGS[name]
+    flags = {"multi_gpu": args.multi_gpu, "fsdp": args.use_fsdp, "deepspeed": args.use_deepspeed}
+    assert args.num_processes == processes
+    assert {k for k, v in flags.items() if v} == ({launcher} if launcher != "single" else set())
+    assert args.use_cpu == (name == "multi_cpu")
+    if launcher == "fsdp":
+        assert int(args.fsdp_version) == level
+    if launcher == "deepspeed":
+        assert int(args.zero_stage) == level
+    assert (args.training_script, args.training_script_args) == (script, ["--max_steps", "1"])
 
 
 def test_the_trl_cli_helpers_we_reuse_behave_as_we_rely_on():

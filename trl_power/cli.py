@@ -10,8 +10,8 @@
 As with `trl sft`, `sample`, `self-reward`, `distill` and `eval` parse the script's arguments here (so a bad config
 fails before anything is launched) and then run the script through `accelerate launch`. Options the script does not
 know are `accelerate launch` options (`--num_processes 8`, `--main_process_port ...`), from the command line or the
-YAML config; `--accelerate_config` names a config of `accelerate_configs/` (single_gpu, multi_cpu), one of TRL's
-(multi_gpu, fsdp1, fsdp2, zero1, zero2, zero3) or a path to an accelerate config file.
+YAML config; `--accelerate_config` names a config of `accelerate_configs/` (single_gpu, multi_cpu, and copies of TRL's
+multi_gpu, fsdp1, fsdp2, zero1, zero2, zero3), another of TRL's, or a path to an accelerate config file.
 
 The commands are TRL's `Command` classes (trl/cli/commands), and the launch reuses TRL's helpers: the ordered
 subtraction of the launcher options and the resolution of TRL's accelerate config names.
