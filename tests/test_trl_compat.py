@@ -258,6 +258,24 @@ def test_train_beta_zero_is_refused_with_what_to_do_instead(tmp_path):
 # ----- SFT ------------------------------------------------------------------------------------------------------------
 
 
+def test_tag_added(hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # args=None: the trainer's default output_dir is relative
+    dataset = zen("standard_language_modeling")["train"]
+    trainer = PowerDistillTrainer(model=hub["causal_lm"], train_dataset=dataset)
+    for tag in ["sft", "trl"]:
+        assert tag in trainer.model.model_tags
+
+
+def test_tag_added_peft(hub, tmp_path, monkeypatch):
+    from peft import LoraConfig
+
+    monkeypatch.chdir(tmp_path)
+    dataset = zen("standard_language_modeling")["train"]
+    trainer = PowerDistillTrainer(model=hub["causal_lm"], train_dataset=dataset, peft_config=LoraConfig())
+    for tag in ["sft", "trl"]:
+        assert tag in trainer.model.model_tags
+
+
 def test_init_with_training_arguments(hub, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     trainer = PowerDistillTrainer(
@@ -413,3 +431,45 @@ def test_a_trl_that_changed_a_hook_fails_loudly_with_what_to_do():
     with mock.patch.object(trl, "__version__", "9.0.0"), pytest.warns(UserWarning, match="verified on"):
         check_private_hooks(RLOOTrainer)
     assert SUPPORTED_TRL == (">=1.10", "<1.17")
+
+
+# ----- the configs' positional order ------------------------------------------------------------------------------------
+
+
+def project_configs_with_output_dir() -> list[type]:
+    """Every dataclass of trl_power (its modules imported) that has an `output_dir` field."""
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    import trl_power
+
+    found = {}
+    for info in pkgutil.walk_packages(trl_power.__path__, "trl_power."):
+        if info.name.endswith("__main__") or info.name.startswith("trl_power.tasks.checkpoints"):
+            continue
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            if (
+                isinstance(obj, type)
+                and obj.__module__.startswith("trl_power")
+                and dataclasses.is_dataclass(obj)
+                and "output_dir" in {f.name for f in dataclasses.fields(obj)}
+            ):
+                found[obj.__qualname__] = obj
+    return list(found.values())
+
+
+def test_every_config_takes_output_dir_first():
+    """`Config("my-run")` sets output_dir, as every TrainingArguments (PowerDistillConfig's VLLMArguments fields came
+    first and took it as `use_vllm`, which broke `PowerDistillTrainer(model, train_dataset=...)` without args)."""
+    import dataclasses
+
+    configs = project_configs_with_output_dir()
+    names = {c.__name__ for c in configs}
+    assert {"PowerDistillConfig", "PowerSelfRewardConfig", "PowerSampleConfig", "EvaluateConfig"} <= names
+    for config in configs:
+        first = next(f for f in dataclasses.fields(config) if f.init)
+        assert first.name == "output_dir", f"{config.__name__}'s first positional field is {first.name}"
+    assert PowerDistillConfig("my-run", report_to="none").output_dir == "my-run"
+    assert PowerSelfRewardConfig("my-run", report_to="none").output_dir == "my-run"

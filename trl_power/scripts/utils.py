@@ -72,7 +72,14 @@ class PowerScriptArguments(ScriptArguments):
 
 
 @dataclass
-class PowerSampleConfig(PowerSamplingConfig, VLLMArguments):
+class _OutputDir:
+    output_dir: str = "power-samples"
+
+
+# Bases in this order so that the fields come as _OutputDir's, PowerSamplingConfig's, VLLMArguments' (a dataclass
+# orders fields from the last base to the first): `output_dir` is the first positional field, as in TRL's configs.
+@dataclass
+class PowerSampleConfig(VLLMArguments, PowerSamplingConfig, _OutputDir):
     """How to power-sample a prompt data set: every `PowerSamplingConfig` field (`method`, `alpha`, `max_new_tokens`,
     `block_size`, `mcmc_steps`, `num_particles`, `num_samples_per_prompt`, `seed`, ...), the engine (`use_vllm` and
     the `vllm_*` settings of `trl_power.sampling.vllm_engine.VLLMArguments`) and where the result goes.

@@ -15,8 +15,10 @@ from trl_power.sampling.vllm_engine import VLLMArguments
 from trl_power.trainers.utils import default_to_float32_without_bf16
 
 
+# VLLMArguments first among the bases so that its fields come after SFTConfig's (a dataclass orders fields from the
+# last base to the first): `output_dir` stays the first positional field, as in every `TrainingArguments`.
 @dataclass
-class PowerDistillConfig(SFTConfig, VLLMArguments):
+class PowerDistillConfig(VLLMArguments, SFTConfig):
     r"""
     Configuration class for the [`PowerDistillTrainer`].
 
