@@ -24,6 +24,7 @@ from accelerate import PartialState
 
 import trl_power.data as data
 from trl_power import PowerSamplingConfig, generate_power_dataset
+from trl_power.scripts.utils import finish_processes
 
 
 def main(model_dir: str, work_dir: str) -> None:
@@ -68,3 +69,4 @@ def main(model_dir: str, work_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    finish_processes()

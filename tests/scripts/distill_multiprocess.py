@@ -25,6 +25,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from trl_power import PowerDistillConfig, PowerDistillTrainer, PowerSamplingConfig
+from trl_power.scripts.utils import finish_processes
 from trl_power.trainers.utils import CPU_RUN
 
 
@@ -95,3 +96,4 @@ def main(model_dir: str, work_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    finish_processes()

@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_power import PowerSelfRewardConfig, PowerSelfRewardTrainer
 from trl_power.scoring import sequence_logprobs
+from trl_power.scripts.utils import finish_processes
 from trl_power.trainers.utils import CPU_RUN
 
 NUM_GENERATIONS = 4
@@ -139,3 +140,4 @@ def main(model_dir: str, out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    finish_processes()

@@ -430,11 +430,26 @@ def load_verifier(script_args: PowerScriptArguments, *datasets: Any) -> Any:
     return get_verifier(script_args.verifier, script_args.answer_column, *datasets)
 
 
+def finish_processes() -> None:
+    """The end of a script under `accelerate launch`: wait for every process, then destroy the process group. Left to
+    the interpreter's exit, a gloo group's worker threads are torn down while still joinable, and a process aborts
+    now and then after its work is done ("terminate called without an active exception", exit -6), failing the
+    whole launch."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+    state.destroy_process_group()
+
+
 def run_script(main: Any, make_parser: Any) -> Any:
     """A script's `__main__`: the process group first (several processes without a GPU then form a gloo group on
-    CPU), then `main` on the parsed command line and `--config` file."""
+    CPU), then `main` on the parsed command line and `--config` file, then the group destroyed (`finish_processes`)."""
     init_processes()
-    return main(*parse_args(make_parser()))
+    result = main(*parse_args(make_parser()))
+    finish_processes()
+    return result
 
 
 def train_and_save(trainer: Any, training_args: Any, dataset_name: str | None) -> None:
