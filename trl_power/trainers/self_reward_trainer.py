@@ -158,9 +158,9 @@ class PowerSelfRewardTrainer(RLOOTrainer):
         )
         self.num_true_rewards = 0 if self.reward_funcs == [no_reward] else len(self.reward_funcs)
         if self.use_vllm and self.vllm_mode == "colocate":
-            self._sync_colocated_weights_in_place()
+            self._sync_colocated_weights_through_vllm_reload()
 
-    def _sync_colocated_weights_in_place(self) -> None:
+    def _sync_colocated_weights_through_vllm_reload(self) -> None:
         """TRL's colocate sync (gathering, PEFT merging, waking a sleeping engine, prefix-cache reset: all TRL's),
         run inside vLLM's layerwise reload (`weights_reloaded_in_place`): TRL loads each parameter into the engine
         model's `layer.weight`, which vLLM's CPU build empties when it packs a layer for its own GEMM kernel (and
