@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "configs" / "tiny"
 LAUNCHED = ["sample", "self-reward", "distill", "eval"]
 SCRIPTS = cli.script_commands()
-OURS = {"single_gpu", "multi_cpu"}
 spec = importlib.util.spec_from_file_location("sync_configs", ROOT / "tools" / "sync_accelerate_configs.py")
 sync_configs = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(sync_configs)
+OURS = {name.removesuffix(".yaml") for name in sync_configs.OWN}
 
 
 @pytest.fixture

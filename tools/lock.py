@@ -19,6 +19,8 @@ from datetime import date
 from importlib import metadata
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 LOCK = Path(__file__).resolve().parents[1] / "requirements" / "lock.txt"
 UNLOCKED = {"pip", "trl-power"}
 HEADER = """\
@@ -32,11 +34,6 @@ HEADER = """\
 """
 
 
-def canonical(name: str) -> str:
-    """PEP 503 name: `PyYAML` and `pyyaml`, `typing_extensions` and `typing-extensions` are one package."""
-    return "-".join(name.replace("_", "-").replace(".", "-").lower().split("-"))
-
-
 def parse_lock(text: str) -> dict[str, str]:
     """{canonical name: version} of the `name==version` lines (comments and blank lines skipped)."""
     pins = {}
@@ -47,13 +44,13 @@ def parse_lock(text: str) -> dict[str, str]:
         name, sep, version = line.partition("==")
         if not sep or not version:
             raise ValueError(f"{LOCK.name}: not a `name==version` pin: {line!r}")
-        pins[canonical(name)] = version.strip()
+        pins[canonicalize_name(name)] = version.strip()
     return pins
 
 
 def installed() -> dict[str, str]:
     """{canonical name: version} of every distribution this interpreter sees."""
-    return {canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    return {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
 
 
 def differences(lock: dict[str, str], venv: dict[str, str]) -> list[str]:
@@ -71,7 +68,8 @@ def differences(lock: dict[str, str], venv: dict[str, str]) -> list[str]:
 
 
 def check() -> int:
-    diff = differences(parse_lock(LOCK.read_text()), installed())
+    pins = parse_lock(LOCK.read_text())
+    diff = differences(pins, installed())
     if diff:
         print(f"The venv ({sys.prefix}) differs from {LOCK}:", *diff, sep="\n", file=sys.stderr)
         print(
@@ -79,7 +77,7 @@ def check() -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"venv matches {LOCK.relative_to(LOCK.parents[1])} ({len(parse_lock(LOCK.read_text()))} packages)")
+    print(f"venv matches {LOCK.relative_to(LOCK.parents[1])} ({len(pins)} packages)")
     return 0
 
 
