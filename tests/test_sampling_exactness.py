@@ -26,12 +26,16 @@ one-token answer <eos> with probability ~1e-3 while p_alpha gives it several per
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+import torch
 from exact_laws import MUTATIONS, MHKernel, chi_square, chi_square_power, total_variation_vec
 from scipy import stats
 
 from trl_power import PowerSampler, PowerSamplingConfig, exact_power_distribution
+from trl_power.sampling.exact import exact_sequence_logprobs
 from trl_power.scoring import sequence_logprobs
 from trl_power.theory import empirical_distribution, expected_tv_bound, total_variation
 from trl_power.tiny_models import all_completions
@@ -271,6 +275,70 @@ def test_resampled_outputs_reach_p_alpha(random_model, method, alpha, finished_o
         assert out.stats["runs_without_finished"] == sum(not f for f in out.finished)
     tv = total_variation(empirical_distribution(out.completion_ids), exact)
     assert tv <= expected_tv_bound(exact, N_SAMPLES), (method, alpha, tv)
+
+
+STOP_CASES = [("exact", {}), ("smc", dict(num_particles=64)), ("sir", dict(num_particles=64)),
+              ("mh", dict(mcmc_steps=60, block_size=T)), ("lookahead", dict(lookahead_candidates=5,
+              lookahead_rollouts=64, lookahead_horizon=T))]  # fmt: skip
+
+
+@pytest.mark.parametrize("method, settings", STOP_CASES)
+def test_stop_strings_end_answers_and_the_target_is_over_them(random_model, tokenizer, method, settings):
+    """ "c" (token 3) as a stop string: every answer ends at its first "c" or <eos> and counts as finished, and the
+    finished target is p^alpha over the answers ending with either (enumerated with both as end tokens). Exact by
+    chi-square; SMC, SIR, MH (60 steps: mixes fast, more proposals finish) and lookahead (every candidate, 64
+    rollouts reaching the horizon: near-exact) by the TV bound. Power: answers that went on after a "c" lie outside the
+    enumerated support (asserted absent); stopped answers not counted as finished would lose their share of p^alpha,
+    which is asserted to exceed twice the TV bound."""
+    alpha, stops = 2.0, {0, 3}
+    exact = exact_power_distribution(random_model, tokenizer, [4], alpha, T, stop_strings=["c"])
+    assert all(k[-1] in stops and not set(k[:-1]) & stops for k in exact)
+    cfg = PowerSamplingConfig(method=method, alpha=alpha, max_new_tokens=T, num_samples_per_prompt=N_SAMPLES, seed=5,
+                              stop_strings=["c"], batch_size=6400, **settings)  # fmt: skip
+    out = PowerSampler(random_model, tokenizer, cfg).sample([[4]])
+    assert all(not set(c[:-1]) & stops for c in out.completion_ids)
+    assert out.finished == [bool(c) and c[-1] in stops for c in out.completion_ids]
+    assert sum(m for k, m in exact.items() if k[-1] == 3) > 2 * expected_tv_bound(exact, N_SAMPLES)
+    if method == "exact":
+        assert chi_square(out.completion_ids, exact)[2] > LEVEL
+    else:
+        tv = total_variation(empirical_distribution(out.completion_ids), exact)
+        assert tv <= expected_tv_bound(exact, N_SAMPLES), (method, tv)
+
+
+def test_plain_and_greedy_stop_at_stop_strings(random_model, tokenizer):
+    """Plain answers with "c" as a stop string follow p over answers ended by <eos>, "c" or the horizon (enumerated
+    with both as end tokens, chi-square); greedy returns the argmax path (computed here without the samplers)."""
+    leaves, _ = exact_sequence_logprobs(random_model, None, [4], T, eos_ids=[0, 3])
+    common = dict(alpha=2.0, max_new_tokens=T, stop_strings=["c"], seed=3)
+    plain = PowerSampler(random_model, tokenizer, PowerSamplingConfig("plain", num_samples_per_prompt=N_SAMPLES,
+                                                                      batch_size=N_SAMPLES, **common))  # fmt: skip
+    out = plain.sample([[4]])
+    assert chi_square(out.completion_ids, {k: float(np.exp(v)) for k, v in leaves.items()})[2] > LEVEL
+    greedy = PowerSampler(
+        random_model, tokenizer, PowerSamplingConfig("greedy", num_samples_per_prompt=4, **common)
+    )
+    path = []
+    with torch.no_grad():
+        while len(path) < T and not (path and path[-1] in (0, 3)):
+            path.append(int(random_model(input_ids=torch.tensor([[4, *path]])).logits[0, -1].argmax()))
+    assert greedy.sample([[4]]).completion_ids == [path] * 4
+
+
+def test_most_answers_unfinished_warns(random_model, tokenizer):
+    """A batch in which most answers are cut at max_new_tokens warns and says what to set (at 1 token, about 80% of
+    this model's plain answers are cut); a stop string that every answer reaches silences it."""
+    cfg = PowerSamplingConfig("plain", max_new_tokens=1, num_samples_per_prompt=50)
+    with pytest.warns(UserWarning, match=r"of 50 answers did not finish.*stop_strings"):
+        PowerSampler(random_model, tokenizer, cfg).sample([[4]])
+    every = PowerSamplingConfig(
+        "plain", max_new_tokens=1, num_samples_per_prompt=50, stop_strings=["a", "b", "c", "q"]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert all(PowerSampler(random_model, tokenizer, every).sample([[4]]).finished)
+    with pytest.raises(ValueError, match="No token of the tokenizer contains the stop string 'z'"):
+        PowerSampler(random_model, tokenizer, PowerSamplingConfig(stop_strings=["z"]))
 
 
 def test_the_targets_differ(random_model):

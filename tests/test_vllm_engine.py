@@ -22,6 +22,7 @@ from scipy import stats
 from test_sampling_exactness import unbiasedness_pvalue
 
 from trl_power import PowerSampler, PowerSamplingConfig, exact_power_distribution, generate_power_dataset
+from trl_power.sampling.exact import exact_sequence_logprobs
 from trl_power.scoring import sequence_logprobs
 from trl_power.theory import empirical_distribution, expected_tv_bound, total_variation
 from trl_power.tiny_models import all_completions, build_model, build_tokenizer, fit_to_distribution
@@ -136,6 +137,45 @@ def test_resampled_sir_on_vllm_reaches_p_alpha(llm, twin):
     assert total_variation(empirical_distribution(out.completion_ids), exact) <= expected_tv_bound(exact, 400)
 
 
+@pytest.mark.parametrize("method", ["smc", "sir", "plain", "greedy"])
+def test_stop_strings_on_vllm(llm, twin, method):
+    """ "c" as a stop string: every answer ends at its first "c" or EOS and then counts as finished; SMC and SIR reach
+    p^alpha over those finished answers, plain answers follow p with the stop (enumerated with EOS ids {<eos>, c}),
+    greedy is the argmax path. Power: an engine that ignored the stop would return answers that go on after a "c"
+    (outside the enumerated support); one that stopped but did not count them as finished would miss their share of
+    p^alpha (asserted above the TV bound)."""
+    stops = {0, 3}
+    n = 400
+    out = sample(llm, method, 2.0, finished_only=True, n=n, stop_strings=["c"], num_particles=16,
+                 proposal_temperature=1.0, batch_size=6400)  # fmt: skip
+    assert all(not (set(c[:-1]) & stops) for c in out.completion_ids)
+    assert out.finished == [bool(c) and c[-1] in stops for c in out.completion_ids]
+    leaves, _ = exact_sequence_logprobs(twin, None, [4], T, eos_ids=[0, 3])
+    if method in ("smc", "sir"):
+        exact = exact_power_distribution(
+            twin, build_tokenizer(WORDS, with_pad=False), [4], 2.0, T, stop_strings=["c"]
+        )
+        stopped = sum(m for k, m in exact.items() if k[-1] == 3)
+        assert stopped > 2 * expected_tv_bound(exact, n)
+        assert total_variation(empirical_distribution(out.completion_ids), exact) <= expected_tv_bound(
+            exact, n
+        )
+    elif method == "plain":
+        law = {k: float(np.exp(v)) for k, v in leaves.items()}
+        assert chi_square(out.completion_ids, law)[2] > LEVEL
+    else:
+        assert set(map(tuple, out.completion_ids)) == {greedy_path(twin, [4], T, stops)}
+
+
+def greedy_path(model, prompt, horizon, stops):
+    """The argmax path of a transformers model, ended by a stop id or the horizon."""
+    path = []
+    with torch.no_grad():
+        while len(path) < horizon and not (path and path[-1] in stops):
+            path.append(int(model(input_ids=torch.tensor([prompt + path])).logits[0, -1].argmax()))
+    return tuple(path)
+
+
 def test_low_temperature_on_vllm_is_not_p_alpha(llm, twin):
     """vLLM's low-temperature samples follow q_low(y) = prod_t softmax(alpha * logits_t)[y_t] (enumerated), which is
     far from p^alpha (TV > 0.3 exactly, and within the sampling bound of q_low)."""
@@ -239,6 +279,10 @@ def test_bad_input_fails_before_any_work(llm, tmp_path, monkeypatch):
     build_model(5, seed=0, arch="llama", num_heads=2).save_pretrained(small)  # hidden 32: 2 heads of 16
     with pytest.raises(ValueError, match="head size is 16.*transformers engine"):
         load_vllm(str(small))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(ValueError, match="is a GGUF file. Convert it.*trl-power model gemma-3-270m"):
+        load_vllm(str(gguf))
     with pytest.raises(ValueError, match="exceeds the model's context of 16"):
         PowerSampler(llm, None, PowerSamplingConfig(max_new_tokens=3)).sample([[4] * 14])
     with pytest.raises(ValueError, match="exact"):

@@ -242,7 +242,7 @@ def evaluate_power_dataset(
     metrics = {**result.to_dict(), "sampling_config": sampling, "diagnostic": None}
     num_prompts = max(index) + 1
     grouped = [g for g in group_by_prompt(rewards, index, num_prompts) if g]
-    plain = sampling["method"] == "temperature" and sampling.get("temperature") == 1.0
+    plain = sampling["method"] in ("plain", "temperature") and sampling.get("temperature") == 1.0
     if plain and alpha is not None and alpha > 1 and min(len(g) for g in grouped) >= 2:
         base_lp = [g for g in group_by_prompt(list(answers["base_logprob"]), index, num_prompts) if g]
         diagnostic = covariance_diagnostic(grouped, base_lp, alpha=alpha, bootstrap=diagnostic_bootstrap)

@@ -4,7 +4,7 @@
   `past_key_values` to `cache`; we look the name up once per model class instead of pinning a version.
 - `adapter_disabled`: the reference model of a PEFT student is the same weights with the adapter off (TRL's
   `use_adapter`; PEFT models recognised by accelerate's `is_peft_model`).
-- `context_length`, `eos_token_ids`, `ensure_pad_token`, `continuation_texts`: facts about a model/tokenizer pair.
+- `context_length`, `eos_token_ids`, `stop_token_ids`, `ensure_pad_token`, `continuation_texts`: facts about a model/tokenizer pair.
 """
 
 from __future__ import annotations
@@ -119,6 +119,31 @@ def merge_eos_ids(*candidates: Any) -> list[int]:
     if not ids:
         raise ValueError("Neither the tokenizer nor the model config defines an EOS token id.")
     return ids
+
+
+def stop_token_ids(tokenizer: Any, stop_strings: Sequence[str]) -> list[int]:
+    """The ids of the tokens whose text contains one of `stop_strings` (special tokens excluded): an answer ends at the
+    first such token, which it keeps (as transformers' `stop_strings`), and is then finished like one that ends with
+    EOS. Matched token by token: a stop string that the model spells over two tokens (a "\\n\\n" as "\\n" + "\\n") is
+    not seen, so choose stop strings that single tokens contain, like "\\n". A `ValueError` if no token contains
+    one of them."""
+    if tokenizer is None:
+        raise ValueError("stop_strings need a tokenizer (to find the tokens that contain them).")
+    cache = tokenizer.__dict__.setdefault("_trl_power_stop_ids", {})
+    key = tuple(stop_strings)
+    if key not in cache:
+        special = set(tokenizer.all_special_ids)
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False)
+        ids = {}
+        for s in stop_strings:
+            if not s:
+                raise ValueError("A stop string must not be empty.")
+            found = [i for i, t in enumerate(texts) if s in t and i not in special]
+            if not found:
+                raise ValueError(f"No token of the tokenizer contains the stop string {s!r}.")
+            ids.update(dict.fromkeys(found))
+        cache[key] = sorted(ids)
+    return list(cache[key])
 
 
 def ensure_pad_token(tokenizer: Any) -> Any:

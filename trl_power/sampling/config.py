@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-METHODS = ("temperature", "low_temperature", "mh", "smc", "sir", "lookahead", "exact")
+METHODS = ("plain", "temperature", "greedy", "low_temperature", "mh", "smc", "sir", "lookahead", "exact")
 MH_SUFFIX_RULES = ("horizon", "current_length", "current_length_full")
 MH_CUTS = ("uniform", "entropy")
 
@@ -16,21 +16,27 @@ class PowerSamplingConfig:
     """How to sample from the power distribution p_alpha(y|x) ∝ p(y|x)^alpha.
 
     Args:
-        method: `"temperature"` (plain sampling at `temperature`, the 1x cost floor), `"low_temperature"`
+        method: `"plain"` (plain sampling at `temperature`, the 1x cost floor; `"temperature"` is the same method under
+            its former name), `"greedy"` (the most likely token at each step), `"low_temperature"`
             (per-token softmax(alpha * logits): NOT p_alpha, the baseline), `"mh"` (Metropolis-Hastings,
             Karan & Du 2025), `"smc"` (sequential Monte Carlo, Power-SMC), `"sir"` (sampling-importance-
             resampling), `"lookahead"` (TMC-style: each token drawn from p(v)^alpha * zeta_hat(v) over the top
             candidates, zeta estimated by rollouts; approximate by design), `"exact"` (enumerate every completion;
             tiny models only).
         alpha: The power (> 0). alpha > 1 sharpens, alpha = 1 is the base model.
-        max_new_tokens: Most tokens generated per completion (>= 1). EOS ends a completion earlier.
+        max_new_tokens: Most tokens generated per completion (>= 1). EOS or a stop string ends a completion earlier.
+        stop_strings: Strings that end an answer as EOS does (e.g. `["\\n"]` for a base model answering a few-shot
+            prompt, as `stop_strings` in transformers' generate and `stop` in vLLM): the answer ends at the first token
+            whose text contains one (the token kept, `trl_power.modeling.stop_token_ids`) and counts as finished, for
+            every method and both engines; the power target with `finished_only` is then p^alpha over the answers that
+            end with EOS or a stop string. Matched per token: a stop string spelled over two tokens is not seen.
         proposal_temperature: Temperature tau of the proposal q(v) ∝ p(v)^(1/tau) used by MH, SMC and SIR. Any
             value keeps the samplers exact (weights and acceptance ratios use the q actually sampled from); it
             decides the budget they need. Default 1.0, chosen by measurement (docs/sampling.md, "Defaults chosen by
             measurement"): at tau = 1/alpha a strong answer behind a token that low temperature rarely picks is
             almost never proposed, and every sampler misses it. `None` means 1/alpha (the power-sampling
             reference's setting, the prefix-only variance-optimal proposal; the real-model recipes keep it).
-        temperature: Temperature of `method="temperature"` (1.0 = the base model).
+        temperature: Temperature of `method="plain"` (1.0 = the base model).
         top_k: Truncate the proposal to its k most likely tokens (`None`: off). Truncation removes support:
             completions outside it can never be proposed, so MH/SMC/SIR are then exact only for p_alpha
             restricted to what the truncated proposal can reach. The reference MH code used HF's
@@ -98,6 +104,7 @@ class PowerSamplingConfig:
     method: str = "mh"
     alpha: float = 4.0
     max_new_tokens: int = 256
+    stop_strings: list[str] | None = None
     proposal_temperature: float | None = 1.0
     temperature: float = 1.0
     top_k: int | None = None
@@ -127,6 +134,10 @@ class PowerSamplingConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not (isinstance(self.alpha, int | float) and math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"alpha must be a finite number > 0, got {self.alpha!r}")
+        if isinstance(self.stop_strings, str):
+            self.stop_strings = [self.stop_strings]
+        if self.stop_strings is not None and not all(isinstance(x, str) and x for x in self.stop_strings):
+            raise ValueError(f"stop_strings must be non-empty strings, got {self.stop_strings!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         for name in ("proposal_temperature", "temperature"):

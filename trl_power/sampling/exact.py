@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from trl_power.modeling import call_model, eos_token_ids, eval_mode, model_device
+from trl_power.modeling import (
+    call_model,
+    eos_token_ids,
+    eval_mode,
+    merge_eos_ids,
+    model_device,
+    stop_token_ids,
+)
 from trl_power.prompts import tokenize_prompt
 from trl_power.sampling.config import PowerSamplingConfig
 from trl_power.sampling.engine import Engine
@@ -84,16 +91,19 @@ def exact_power_distribution(
     max_new_tokens: int,
     max_sequences: int = 200_000,
     finished_only: bool = True,
+    stop_strings: Sequence[str] | None = None,
 ) -> dict[tuple[int, ...], float]:
     """Exact p_alpha(y|x) for every completion of a tiny model: {completion ids tuple: probability}.
 
-    `finished_only=True` (the samplers' default): p^alpha over the answers that end with EOS within
-    `max_new_tokens` = H. `False`: (p_H)^alpha, the power of p truncated at H, where an answer cut at H counts
+    `finished_only=True` (the samplers' default): p^alpha over the answers that end with EOS (or a token holding one
+    of `stop_strings`, `trl_power.modeling.stop_token_ids`) within `max_new_tokens` = H. `False`: (p_H)^alpha, the power of p truncated at H, where an answer cut at H counts
     with p(y_{1:H})^alpha (the mass of all its continuations, raised to alpha).
     """
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     eos = eos_token_ids(model, tokenizer)
+    if stop_strings:
+        eos = merge_eos_ids(eos, stop_token_ids(tokenizer, stop_strings))
     logprobs, _ = exact_sequence_logprobs(
         model, tokenizer, prompt, max_new_tokens, max_sequences, eos_ids=eos
     )

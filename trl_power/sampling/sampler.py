@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from trl_power.modeling import context_length, continuation_texts, ensure_pad_token, eval_mode
+from trl_power.modeling import (
+    context_length,
+    continuation_texts,
+    ensure_pad_token,
+    eval_mode,
+    merge_eos_ids,
+    stop_token_ids,
+)
 from trl_power.prompts import tokenize_prompt
 from trl_power.sampling.config import PowerSamplingConfig, PowerSamplingOutput
 from trl_power.sampling.engine import TokenCounter, is_vllm_llm, make_engine
@@ -24,7 +32,9 @@ from trl_power.sampling.smc import sample_smc
 from trl_power.seeding import chain_generator, fresh_seed
 
 _METHODS = {
+    "plain": sample_plain,
     "temperature": sample_plain,
+    "greedy": sample_plain,
     "low_temperature": sample_plain,
     "mh": sample_mh,
     "smc": sample_smc,
@@ -56,6 +66,11 @@ class PowerSampler:
         self.tokenizer = ensure_pad_token(tokenizer) if tokenizer is not None else None
         self.config = config or PowerSamplingConfig()
         self.engine = make_engine(model, self.tokenizer)  # checks the model (vLLM settings) before any work
+        if (
+            self.config.stop_strings
+        ):  # a token holding a stop string ends an answer as EOS does, on every engine
+            stops = stop_token_ids(self.tokenizer, self.config.stop_strings)
+            self.engine.eos_ids = merge_eos_ids(self.engine.eos_ids, stops)
         self.eos_ids = self.engine.eos_ids
 
     def tokenize(self, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
@@ -79,9 +94,15 @@ class PowerSampler:
                 )
         return out
 
-    @torch.no_grad()
     def sample(self, prompts: Sequence[str] | Sequence[Sequence[int]]) -> PowerSamplingOutput:
-        """Draw `num_samples_per_prompt` power samples for every prompt (or weighted particle sets)."""
+        """Draw `num_samples_per_prompt` power samples for every prompt (or weighted particle sets); warns when most
+        of them did not finish."""
+        with torch.no_grad():
+            out = self._sample(prompts)
+        self._warn_unfinished(out)
+        return out
+
+    def _sample(self, prompts: Sequence[str] | Sequence[Sequence[int]]) -> PowerSamplingOutput:
         cfg = self.config
         prompt_ids = self.tokenize(prompts)
         seed = cfg.seed if cfg.seed is not None else fresh_seed()
@@ -157,6 +178,23 @@ class PowerSampler:
             prompts=prompts,
             stats=out_stats,
         )
+
+    def _warn_unfinished(self, out: PowerSamplingOutput) -> None:
+        """Warn when most answers (most runs, for weighted particle sets) were cut at max_new_tokens: a base model
+        rarely emits EOS after a short answer, and cut answers are then what the sampler returns."""
+        weights = out.weights
+        runs = len(out) // self.config.num_particles if weights is not None else len(out)
+        cut = out.stats["runs_without_finished"] if weights is not None else sum(not f for f in out.finished)
+        if runs and cut > runs / 2:
+            ends = "EOS" + (
+                f" or a stop string {self.config.stop_strings}" if self.config.stop_strings else ""
+            )
+            warnings.warn(
+                f"{cut} of {runs} {'runs' if weights is not None else 'answers'} did not finish (no {ends} within "
+                f"max_new_tokens={self.config.max_new_tokens}): they are cut answers (`finished` is False). Set "
+                "stop_strings (e.g. ['\\n'] for a base model answering a few-shot prompt) or raise max_new_tokens.",
+                stacklevel=3,
+            )
 
     def _has_target(self) -> bool:
         return self.config.method in ("mh", "smc", "sir", "lookahead", "exact")

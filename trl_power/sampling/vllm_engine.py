@@ -35,6 +35,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from trl_power.modeling import merge_eos_ids
@@ -117,7 +118,24 @@ class PowerWorkerExtension:
 
 def check_servable(model_name_or_path: str, **config_kwargs: Any) -> None:
     """Raise a clear error, before an engine is built, for a model vLLM cannot serve on this device (on CPU: an
-    attention head size its CPU kernels lack, e.g. the 16 of the embedded task models)."""
+    attention head size its CPU kernels lack, e.g. the 16 of the embedded task models) or a path that is a file (a GGUF
+    file: say how to convert it)."""
+    path = Path(model_name_or_path)
+    if path.is_file():
+        with path.open("rb") as f:
+            gguf = f.read(4) == b"GGUF"
+        what = "a GGUF file" if gguf else "a file"
+        raise ValueError(
+            f"load_vllm takes a model directory or Hub id; {model_name_or_path} is {what}. "
+            + (
+                "Convert it to a standard directory with trl_power.gguf_model.convert_gguf(path, output_dir) (the "
+                "weights dequantized, the tokenizer rebuilt from the GGUF metadata; for Gemma 3 270M: `trl-power "
+                "model gemma-3-270m --output_dir DIR`) and load that: vLLM's GGUF loader needs a GPU build and a "
+                "separate Hugging Face tokenizer."
+                if gguf
+                else ""
+            )
+        )
     if not _on_cpu():
         return
     from transformers import AutoConfig
