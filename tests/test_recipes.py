@@ -363,7 +363,7 @@ BAD = [
     ),
     ("eval", {"answer_column": "solution", "verifier": "math"}, ValueError, "has no column 'solution'"),
     ("eval", {"verifier": "math"}, ValueError, "verifier: math needs answer_column"),
-    ("eval", {"verifier": "algebra"}, ValueError, "verifier must be 'math' or a task name"),
+    ("eval", {"verifier": "algebra"}, ValueError, "verifier must be 'math', 'arithmetic' or a task name"),
     ("eval", {"method": "metropolis"}, ValueError, "method must be one of"),
     ("eval", {"prompt_template": "Solve: {problem}"}, ValueError, "has no column 'problem'"),
     ("distill", {"dataset_name": "./no/such/data.jsonl"}, FileNotFoundError, "does not exist"),

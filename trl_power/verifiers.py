@@ -3,7 +3,8 @@
 
 - `"math"`: `trl_power.math_verifier.MathVerifier`, the last `\\boxed{}` answer against the gold answer of the prompt,
   from a data set's answer column (MATH-500's `answer`, MATH's `solution`, GSM8K's `#### n`);
-- an embedded task name (`aligned`, `misaligned`): the task's own verifier (`trl_power.tasks`).
+- an embedded task name (`aligned`, `misaligned`): the task's own verifier (`trl_power.tasks`);
+- `"arithmetic"`: few-shot single-digit arithmetic for base models (`trl_power.tasks.arithmetic`, the real-model task).
 
 `as_reward_function` makes one a TRL reward function (`prompts`, `completions`, the data set's columns).
 """
@@ -27,10 +28,16 @@ def get_verifier(name: str | None, answer_column: str | None = None, *datasets: 
             raise ValueError("verifier 'math' needs answer_column, the column with the gold answers.")
         data = concatenate_datasets([d.select_columns(["prompt", answer_column]) for d in datasets])
         return MathVerifier.from_dataset(data, "prompt", answer_column)
+    if name == "arithmetic":
+        from trl_power.tasks.arithmetic import FewShotArithmetic
+
+        return FewShotArithmetic()
     from trl_power.tasks import get_task, list_tasks
 
     if name not in list_tasks():
-        raise ValueError(f"verifier must be 'math' or a task name {list_tasks()}, got {name!r}.")
+        raise ValueError(
+            f"verifier must be 'math', 'arithmetic' or a task name {list_tasks()}, got {name!r}."
+        )
     return get_task(name)
 
 
