@@ -241,3 +241,19 @@ def test_nan_logits_raise():
         model.lm_head.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="NaN"):
         PowerSampler(model, None, PowerSamplingConfig(method="mh", max_new_tokens=2)).sample([[4]])
+
+
+@pytest.mark.parametrize("vocab, block", [(5, 2), (1000, 64), (1024, 1024), (3001, 128)])
+def test_two_level_inverse_cdf_draws_the_one_level_tokens(vocab, block):
+    """The engine's draw (block sums, then the token inside the block) is the plain float64 inverse CDF, token for
+    token, including vocabularies that are not a multiple of the block and truncated proposals (-inf entries).
+    Power: an off-by-one block offset or a missing pad moves most draws."""
+    gen = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(2000, vocab, generator=gen) * 3
+    logq = proposal_logprobs(logits, 0.7, top_k=max(1, vocab // 3))
+    u = torch.rand(2000, generator=gen, dtype=torch.float64)
+    cdf = logq.double().exp().cumsum(-1)
+    one_level = (
+        torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp(max=vocab - 1)
+    )
+    assert torch.equal(sample_from_logprobs(logq, u, block=block), one_level)

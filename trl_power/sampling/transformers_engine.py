@@ -43,13 +43,23 @@ def proposal_logprobs(
     return torch.log_softmax(scores, -1)
 
 
-def sample_from_logprobs(logq: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF draw: the first v with CDF(v) > u (float64 on CPU, so every backend draws alike)."""
-    probs = logq.double().exp().cpu()
-    cdf = probs.cumsum(-1)
-    u = u.to(cdf.dtype).unsqueeze(-1) * cdf[:, -1:]
-    idx = torch.searchsorted(cdf, u, right=True).squeeze(-1)
-    return idx.clamp(max=logq.shape[-1] - 1).to(logq.device)
+def sample_from_logprobs(logq: torch.Tensor, u: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """Inverse-CDF draw: the first v with CDF(v) > u * CDF(V), in float64 on CPU (so every backend draws alike). In
+    two levels, so that a 262k-token vocabulary does not need a float64 cumulative sum per row: the block of `block`
+    tokens where the CDF crosses the target (float64 sums of the blocks), then the token inside it."""
+    probs = logq.float().exp().cpu()
+    B, V = probs.shape
+    nb = -(-V // block)
+    if nb * block != V:
+        probs = torch.nn.functional.pad(probs, (0, nb * block - V))
+    probs = probs.view(B, nb, block)
+    cum_blocks = probs.sum(-1, dtype=torch.float64).cumsum(-1)
+    target = u.to(torch.float64).cpu() * cum_blocks[:, -1]
+    b = torch.searchsorted(cum_blocks, target[:, None], right=True).squeeze(-1).clamp(max=nb - 1)
+    before = torch.where(b > 0, cum_blocks.gather(1, (b - 1).clamp(min=0)[:, None]).squeeze(1), 0.0)
+    inside = probs[torch.arange(B), b].double().cumsum(-1) + before[:, None]
+    j = torch.searchsorted(inside, target[:, None], right=True).squeeze(-1).clamp(max=block - 1)
+    return (b * block + j).clamp(max=V - 1).to(logq.device)
 
 
 def check_finite(logits: torch.Tensor) -> None:
@@ -269,7 +279,8 @@ def sample_step(
     logits = state.advance(model, active)
     counter.decode_tokens += int(active.sum())
     logp = torch.log_softmax(logits, -1)
-    logq = proposal_logprobs(logits, temperature, top_k, top_p)
+    plain = temperature == 1.0 and top_k is None and top_p is None
+    logq = logp if plain else proposal_logprobs(logits, temperature, top_k, top_p)
     token = sample_from_logprobs(logq, rng.uniforms(active, rows))
     token = torch.where(active, token, state.pending)
     state.pending = token
@@ -366,6 +377,9 @@ class TransformersRows:
 class TransformersEngine:
     """The backend interface (engine.py) on any transformers causal LM, PEFT included (run in eval mode, no grad by
     the caller)."""
+
+    # a resampling check is a gather of cached rows, no model call: check after every token
+    resample_interval = 1
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, counter: TokenCounter):
         self.model = model
