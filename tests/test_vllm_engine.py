@@ -109,14 +109,15 @@ def test_mh_on_vllm_has_the_law_of_the_exact_kernel(llm, twin):
     "method, kwargs",
     [
         ("sir", {}),
-        ("smc", {"ess_threshold": 1.0}),
+        ("smc", {"ess_threshold": 1.0, "resample_interval": 1}),
         ("smc", {"ess_threshold": 1.0, "resample_interval": 2}),
-        ("smc", {"ess_threshold": 1.0, "anneal_tokens": 3}),
+        ("smc", {"ess_threshold": 1.0, "anneal_tokens": 3, "resample_interval": 1}),
     ],
 )
 def test_weighted_particles_on_vllm_are_unbiased(llm, twin, method, kwargs):
     """Z_hat * sum_k w_k 1{y_k = y} is unbiased for p(y)^alpha (Hotelling T^2 over 1000 runs of 4 particles, level
-    1e-3), also when SMC resamples only every 2 tokens (`resample_interval`)."""
+    1e-3), SMC checking after every token and every 2 tokens (`resample_interval`; vLLM's default, 32, would never
+    resample at 3 tokens)."""
     runs, particles = 1000, 4
     out = sample(
         llm,
@@ -147,7 +148,7 @@ def test_stop_strings_on_vllm(llm, twin, method):
     stops = {0, 3}
     n = 400
     out = sample(llm, method, 2.0, finished_only=True, n=n, stop_strings=["c"], num_particles=16,
-                 proposal_temperature=1.0, batch_size=6400)  # fmt: skip
+                 proposal_temperature=1.0, batch_size=6400, resample_interval=1)  # fmt: skip
     assert all(not (set(c[:-1]) & stops) for c in out.completion_ids)
     assert out.finished == [bool(c) and c[-1] in stops for c in out.completion_ids]
     leaves, _ = exact_sequence_logprobs(twin, None, [4], T, eos_ids=[0, 3])

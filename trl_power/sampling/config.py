@@ -82,8 +82,11 @@ class PowerSamplingConfig:
         ess_threshold: SMC resamples (systematically) a run's particles still decoding, m of them, when their
             ESS < ess_threshold * m.
         resample_interval: SMC advances every particle this many tokens between resampling checks (1: after
-            every token; Power-SMC checks every 64-128 tokens, which on the vLLM engine means one generate call
-            per interval instead of per token). The weights carry the product over the interval: any value is exact.
+            every token; Power-SMC checks every 64-128 tokens). The weights carry the product over the interval: any
+            value is exact; it sets the variance and, on the vLLM engine, the cost: one generate call per interval,
+            which re-sends every particle's sequence (prefix-cache hits come in whole blocks). `None` (default): the
+            engine's own, chosen by measurement on Gemma 3 270M (BENCHMARKS.md §8): 1 on the transformers engine
+            (a check costs no model call there), `VLLM_RESAMPLE_INTERVAL` on vLLM.
         anneal_tokens: SMC tempers its intermediate targets over the first this many tokens: p(y_{1:t})^{alpha_t}
             with alpha_t rising linearly from 1 to alpha (Power-SMC anneals over the first few hundred tokens);
             0 (default): alpha throughout. The final target is p^alpha either way.
@@ -120,7 +123,7 @@ class PowerSamplingConfig:
     lookahead_horizon: int = 16
     num_particles: int = 32
     ess_threshold: float = 0.5
-    resample_interval: int = 1
+    resample_interval: int | None = None
     anneal_tokens: int = 0
     return_all_particles: bool = False
     num_samples_per_prompt: int = 1
@@ -168,7 +171,7 @@ class PowerSamplingConfig:
             raise ValueError("num_particles, num_samples_per_prompt and batch_size must be >= 1")
         if self.anneal_tokens < 0:
             raise ValueError(f"anneal_tokens must be >= 0, got {self.anneal_tokens}")
-        if self.resample_interval < 1:
+        if self.resample_interval is not None and self.resample_interval < 1:
             raise ValueError(f"resample_interval must be >= 1, got {self.resample_interval}")
         if not 0 <= self.ess_threshold <= 1:
             raise ValueError(f"ess_threshold must be in [0, 1], got {self.ess_threshold}")

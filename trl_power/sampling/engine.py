@@ -112,6 +112,7 @@ class Engine(Protocol):
 
     eos_ids: list[int]
     counter: TokenCounter
+    resample_interval: int  # SMC's tokens between resampling checks unless the config sets them
 
     def start(self, prompts: Sequence[Sequence[int]], row_to_prompt: Sequence[int]) -> Rows: ...
 

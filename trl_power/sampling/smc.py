@@ -10,7 +10,8 @@ targets are tempered, gamma_t = p(y_{1:t})^{alpha_t} with alpha_t = 1 + (alpha -
 multiplies the weight by p(y_{1:t'})^{alpha_t'} / (p(y_{1:t})^{alpha_t} q(new tokens)), complete particles included
 (their exponent moves too), and the final target is p^alpha exactly. The particles
 advance `resample_interval` tokens between resampling checks (1: after every token; Power-SMC checks every
-64-128); their weights then carry the product over those tokens, so the targets stay exact. When the m
+64-128; unset: the engine's `resample_interval`); their weights then carry the product over those tokens, so the
+targets stay exact. When the m
 particles still decoding have ESS = (sum w)^2 / sum w^2 < ess_threshold * m, those m are resampled
 systematically among themselves (the KV-cache rows follow them, a memory move) and each gets their mean weight:
 the alive part of the weighted particle measure is preserved in expectation, so Ẑ = mean of the final weights
@@ -83,7 +84,7 @@ def final_log_weights(logw: np.ndarray, finished: np.ndarray, finished_only: boo
 
 def sample_smc(engine: Engine, prompts, run_prompt, generators, config: PowerSamplingConfig, stats):
     R, N = len(run_prompt), config.num_particles
-    H, interval = config.max_new_tokens, config.resample_interval
+    H, interval = config.max_new_tokens, config.resample_interval or engine.resample_interval
     rows = engine.start(prompts, [p for p in run_prompt for _ in range(N)])
     rng = RunRandom(generators, [r for r in range(R) for _ in range(N)])
     toks: list[list[int]] = [[] for _ in range(R * N)]

@@ -51,6 +51,8 @@ _CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 # of the host's memory there, and its default, 0.92, fails on a shared machine).
 CPU_KV_CACHE_BYTES = 1 << 30
 _ENGINES: dict[tuple, Any] = {}
+# SMC's resample_interval on this engine unless the config sets one (measured: BENCHMARKS.md §8)
+VLLM_RESAMPLE_INTERVAL = 32
 
 
 def import_vllm() -> Any:
@@ -403,6 +405,9 @@ class VLLMRows:
 
 class VLLMEngine:
     """The backend interface (engine.py) on a `vllm.LLM` (see the module docstring for log p and log q)."""
+
+    # SMC's default tokens between resampling checks: each check is one generate call that re-sends every particle
+    resample_interval = VLLM_RESAMPLE_INTERVAL
 
     def __init__(self, llm: Any, tokenizer: Any, counter: TokenCounter):
         check_llm(llm)
