@@ -252,3 +252,31 @@ def test_report_measures_with_the_power_sampler_and_predicts_the_gain():
     assert [r.method for r in out["results"]] == ["plain", "low_temperature"]
     assert all(r.num_answers == 160 and r.num_prompts == 20 for r in out["results"])
     assert out["diagnostic"].verdict == "help" and out["diagnostic"].predicted_gain > 0.4
+
+
+def test_few_shot_arithmetic_task():
+    """The real-model task: held-out and training problems disjoint, 155 in all; every prompt's shots are solved
+    training problems other than the question; the verifier reads the first line; the shipped prompt files
+    (recipes/data/arithmetic_{train,eval}.jsonl) are the task's prompts."""
+    import json
+    from pathlib import Path
+
+    from trl_power.tasks.arithmetic import FewShotArithmetic
+
+    task = FewShotArithmetic()
+    train, held_out = task.split("train"), task.split("eval")
+    assert len(held_out) == 64 and len(train) == 91 and not set(train) & set(held_out)
+    for problem in train + held_out:
+        lines = task.format_prompt(problem).split("\n")
+        assert lines[-1] == task.line(problem) and len(lines) == task.shots + 1
+        for shot in lines[:-1]:
+            a, op, b = int(shot[0]), shot[1], int(shot[2])
+            assert (a, op, b) in train and (a, op, b) != problem and shot[4:] == str(task.solve((a, op, b)))
+    prompt = task.format_prompt((7, "+", 8))
+    assert task.verify(prompt, "15\n") == 1.0 and task.verify(prompt, " 15") == 1.0
+    assert task.verify(prompt, "14\n15") == 0.0 and task.verify(prompt, "fifteen") == 0.0
+    assert task.verify("no question", "15") == 0.0
+    root = Path(__file__).resolve().parents[1]
+    for part in ("train", "eval"):
+        lines = (root / f"recipes/data/arithmetic_{part}.jsonl").read_text().splitlines()
+        assert [json.loads(line)["prompt"] for line in lines] == task.prompts(part)
