@@ -179,4 +179,3 @@ def test_eval_recipe_on_the_real_model(gemma_dir, tmp_path):
     assert metrics["accuracy"] >= 5 / 8  # 6 of 8 measured, as the greedy test above
     rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and all(r["completion"].endswith("\n") for r in rows)
-
