@@ -97,7 +97,7 @@ def test_the_written_model_answers_three_shot_sums(gemma_dir):
 
 
 def test_readme_real_model_example_runs(gemma_dir, capsys):
-    """README's example on the model (its second python block, run with the written directory): SMC answers 6+1."""
+    """README's example on the model (its second python block, run with the written directory): SMC answers 5+9."""
     import re
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -106,7 +106,7 @@ def test_readme_real_model_example_runs(gemma_dir, capsys):
     code = "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
     code += "from trl_power import PowerSampler, PowerSamplingConfig\n"
     exec(compile(code + block.replace("models/gemma-3-270m", str(gemma_dir)), "README.md", "exec"), {})
-    assert capsys.readouterr().out.strip() == "['7\\n']"
+    assert capsys.readouterr().out.strip() == "['14\\n']"
 
 
 def test_gguf_metadata_reads_what_gguf_reader_reads(tmp_path):

@@ -49,6 +49,7 @@ def sample_from_logprobs(logq: torch.Tensor, u: torch.Tensor, block: int = 1024)
     tokens where the CDF crosses the target (float64 sums of the blocks), then the token inside it."""
     probs = logq.float().exp().cpu()
     B, V = probs.shape
+    block = min(block, V)  # a small vocabulary: one block, no padding
     nb = -(-V // block)
     if nb * block != V:
         probs = torch.nn.functional.pad(probs, (0, nb * block - V))
