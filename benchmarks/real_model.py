@@ -36,6 +36,7 @@ from trl_power.evaluation import best_of_n, group_by_prompt, majority_vote, pair
 from trl_power.tasks.arithmetic import FewShotArithmetic
 
 ALPHA = 4.0
+TASK = FewShotArithmetic()
 
 
 def method_configs(args: argparse.Namespace) -> dict[str, dict]:
@@ -70,8 +71,8 @@ def load_engine(engine: str, model_dir: str):
 def run(model, tokenizer, prompts, samples: int, seed: int, **settings):
     config = PowerSamplingConfig(
         alpha=ALPHA,
-        max_new_tokens=6,
-        stop_strings=["\n"],
+        max_new_tokens=TASK.max_new_tokens,
+        stop_strings=list(TASK.stop_strings),
         num_samples_per_prompt=samples,
         batch_size=256,
         seed=seed,
@@ -167,7 +168,7 @@ def main() -> None:
     if args.short:
         args.prompts, args.samples, args.engines = 16, 2, ["transformers"]
     torch.set_num_threads(os.cpu_count() or 1)
-    task = FewShotArithmetic()
+    task = TASK
     prompts = task.prompts("eval", args.prompts)
     flags = sorted({f for f in ("avx2", "avx512f", "amx_tile") if f in Path("/proc/cpuinfo").read_text()})
     header = (

@@ -32,7 +32,12 @@ INTERVALS = (1, 2, 4, 32)
 
 def measure(model, tokenizer, prompts, task, calls, **settings) -> dict:
     config = PowerSamplingConfig(
-        alpha=4.0, max_new_tokens=6, stop_strings=["\n"], batch_size=1024, seed=0, **settings
+        alpha=4.0,
+        max_new_tokens=task.max_new_tokens,
+        stop_strings=list(task.stop_strings),
+        batch_size=1024,
+        seed=0,
+        **settings,
     )
     calls["n"] = 0
     start = time.perf_counter()

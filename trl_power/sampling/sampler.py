@@ -66,9 +66,8 @@ class PowerSampler:
         self.tokenizer = ensure_pad_token(tokenizer) if tokenizer is not None else None
         self.config = config or PowerSamplingConfig()
         self.engine = make_engine(model, self.tokenizer)  # checks the model (vLLM settings) before any work
-        if (
-            self.config.stop_strings
-        ):  # a token holding a stop string ends an answer as EOS does, on every engine
+        # a token holding a stop string ends an answer as EOS does, on every engine
+        if self.config.stop_strings:
             stops = stop_token_ids(self.tokenizer, self.config.stop_strings)
             self.engine.eos_ids = merge_eos_ids(self.engine.eos_ids, stops)
         self.eos_ids = self.engine.eos_ids
