@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -295,6 +296,108 @@ def test_push_to_hub_goes_through_the_datasets_api(model_and_tokenizer, monkeypa
     assert upload["repo_id"] == "me/teacher" and upload["repo_type"] == "dataset"
     meta = json.loads(upload["path_or_fileobj"])["trl_power"]
     assert meta["hub_dataset_id"] == "me/teacher" and meta["sampling_config"]["method"] == "temperature"
+
+
+def test_merged_particles_keep_every_prompts_weighted_distribution(model_and_tokenizer, tmp_path):
+    """merge_particles=True: the same sampling (same seed) as one row per distinct (prompt, completion) whose weight
+    is the sum of its particles' over the prompt's runs; no weight-0 row, fewer rows, and the weighted distribution
+    of every prompt equal to the unmerged one's (to float rounding). Power: a merge within runs only leaves repeated
+    (prompt, completion) pairs (asserted absent), one that kept a weight instead of summing changes the sums."""
+    model, tokenizer = model_and_tokenizer
+    config = replace(SIR, seed=0, finished_only=True, num_particles=8)
+    rows = generate_power_dataset(model, tokenizer, PROMPTS[:4], config, shard_size=2)
+    merged = generate_power_dataset(
+        model, tokenizer, PROMPTS[:4], config, tmp_path / "merged", shard_size=2, merge_particles=True
+    )
+
+    def weights(ds):
+        out: dict = {}
+        for i, c, w in zip(ds["prompt_index"], ds["completion_ids"], ds["weight"]):
+            out[(i, tuple(c))] = out.get((i, tuple(c)), 0.0) + w
+        return {k: v for k, v in out.items() if v > 0}
+
+    keys = list(zip(merged["prompt_index"], map(tuple, merged["completion_ids"])))
+    assert len(set(keys)) == len(keys) < len(rows) and min(merged["weight"]) > 0
+    assert weights(rows).keys() == weights(merged).keys()
+    assert all(math.isclose(weights(rows)[k], v, rel_tol=1e-9) for k, v in weights(merged).items())
+    assert power_dataset_metadata(merged)["merge_particles"] is True
+    with pytest.raises(ValueError, match="other prompts, sampling settings"):  # the option decides the rows
+        generate_power_dataset(model, tokenizer, PROMPTS[:4], config, tmp_path / "merged", shard_size=2)
+
+
+class LocalHub:
+    """A stand-in of the Hub on disk: a data set repository is the folder root/<repo id>. `Dataset.push_to_hub`
+    writes the rows there as the Hub keeps them (parquet under data/: features and rows, no `info.description`),
+    `HfApi.upload_file` writes a file, `hf_hub_download` reads one (EntryNotFoundError when absent), and
+    `datasets.load_dataset(repo_id)` reads the folder with the real `load_dataset`."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch):
+        import datasets
+        import huggingface_hub
+        from huggingface_hub.errors import EntryNotFoundError
+
+        self.root, real_load = root, datasets.load_dataset
+
+        def push(dataset, repo_id, **kwargs):
+            (root / repo_id / "data").mkdir(parents=True, exist_ok=True)
+            dataset.to_parquet(str(root / repo_id / "data" / "train-00000-of-00001.parquet"))
+
+        def upload_file(api, *, path_or_fileobj, path_in_repo, repo_id, **kwargs):
+            (root / repo_id / path_in_repo).write_bytes(path_or_fileobj)
+
+        def download(repo_id, filename, **kwargs):
+            path = root / repo_id / filename
+            if not path.exists():
+                raise EntryNotFoundError(f"{filename} not in {repo_id}")
+            return str(path)
+
+        monkeypatch.setattr(Dataset, "push_to_hub", push)
+        monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", upload_file)
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+        monkeypatch.setattr(
+            datasets, "load_dataset", lambda path, *a, **kw: real_load(str(root / path), *a, **kw)
+        )
+
+
+def test_metadata_survives_the_hub_round_trip(model_and_tokenizer, model_dir, tmp_path, monkeypatch):
+    """push_to_hub then load: `datasets.load_dataset` alone returns the rows without the metadata (asserted: this is
+    what the round trip loses), `load_power_dataset` (and the recipes' loader) returns them with it, and the
+    distillation trainer then checks alpha against it. Power: a loader that skipped `with_power_metadata` fails the
+    equality of the metadata and the alpha check; one that restored another file's text fails the equality."""
+    import datasets
+
+    from trl_power import PowerDistillConfig, PowerDistillTrainer, load_power_dataset
+    from trl_power.scripts.utils import PowerScriptArguments, load_data
+
+    model, tokenizer = model_and_tokenizer
+    LocalHub(tmp_path / "hub", monkeypatch)
+    config = replace(SIR, seed=0)
+    pushed = generate_power_dataset(
+        model, tokenizer, PROMPTS[:2], config, push_to_hub=True, hub_dataset_id="me/teacher"
+    )
+    plain = datasets.load_dataset("me/teacher", split="train")
+    assert len(plain) == len(pushed) and power_dataset_metadata(plain) is None
+    loaded = load_power_dataset("me/teacher")
+    assert power_dataset_metadata(loaded) == power_dataset_metadata(pushed)
+    assert power_dataset_metadata(loaded)["hub_dataset_id"] == "me/teacher"
+    assert loaded["completion_ids"] == pushed["completion_ids"] and loaded["weight"] == pushed["weight"]
+    args = PowerScriptArguments(dataset_name="me/teacher")
+    assert power_dataset_metadata(load_data(args, "train")) == power_dataset_metadata(pushed)
+
+    train_args = PowerDistillConfig(str(tmp_path / "student"), alpha=2.0, use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="generated with alpha=3.0"):
+        PowerDistillTrainer(model=model, args=train_args, train_dataset=loaded, processing_class=tokenizer)
+    # the plain rows pass the alpha check (nothing to check against), with a warning that says how to load them
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    fresh = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with pytest.warns(UserWarning, match="load_power_dataset"):
+        PowerDistillTrainer(
+            model=fresh,
+            args=train_args,
+            train_dataset=plain,
+            processing_class=PreTrainedTokenizerFast.from_pretrained(model_dir),
+        )
 
 
 def test_bad_input(model_and_tokenizer):

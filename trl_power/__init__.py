@@ -15,6 +15,7 @@ _LAZY = {
     "PowerSampler": "trl_power.sampling",
     "PowerSamplingOutput": "trl_power.sampling",
     "generate_power_dataset": "trl_power.data",
+    "load_power_dataset": "trl_power.data",
     "PowerSelfRewardConfig": "trl_power.trainers.self_reward_config",
     "PowerSelfRewardTrainer": "trl_power.trainers.self_reward_trainer",
     "PowerDistillConfig": "trl_power.trainers.distill_config",
@@ -37,11 +38,12 @@ __all__ = [
     "beta_to_alpha",
     "exact_power_distribution",
     "generate_power_dataset",
+    "load_power_dataset",
     "load_vllm",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trl_power.data import generate_power_dataset
+    from trl_power.data import generate_power_dataset, load_power_dataset
     from trl_power.sampling import PowerSampler, PowerSamplingConfig, PowerSamplingOutput
     from trl_power.sampling.exact import exact_power_distribution
     from trl_power.sampling.vllm_engine import load_vllm

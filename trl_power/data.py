@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from trl_power.prompts import prompt_format, tokenize_prompt
 from trl_power.sampling import PowerSampler, PowerSamplingConfig
 from trl_power.sampling.engine import is_vllm_llm
 from trl_power.seeding import derived_seed, fresh_seed
-from trl_power.teacher import ROW_COLUMNS, teacher_rows
+from trl_power.teacher import ROW_COLUMNS, merge_identical_particles, teacher_rows
 
 METADATA_KEY = "trl_power"
 MANIFEST_FILE = "power_dataset.json"
@@ -105,12 +106,19 @@ def _sampling_dict(config: PowerSamplingConfig) -> dict[str, Any]:
 
 
 def _fingerprint(
-    prompts: list[Any], config: PowerSamplingConfig, shard_size: int, model_id: str | None
+    prompts: list[Any],
+    config: PowerSamplingConfig,
+    shard_size: int,
+    model_id: str | None,
+    merge_particles: bool = False,
 ) -> str:
-    """What decides the rows: prompts, sampling settings (not batch_size / show_progress), shard size, model."""
+    """What decides the rows: prompts, sampling settings (not batch_size / show_progress), shard size, model, merging."""
     settings = {k: v for k, v in _sampling_dict(config).items() if k not in ("batch_size", "show_progress")}
+    run = {"prompts": prompts, "sampling": settings, "shard_size": shard_size, "model": model_id}
+    if merge_particles:  # only when set, so that runs written before the option resume
+        run["merge_particles"] = True
     blob = json.dumps(
-        {"prompts": prompts, "sampling": settings, "shard_size": shard_size, "model": model_id},
+        run,
         sort_keys=True,
         default=str,
     )
@@ -138,6 +146,60 @@ def power_dataset_metadata(dataset: Any) -> dict[str, Any] | None:
     return data.get(METADATA_KEY) if isinstance(data, dict) else None
 
 
+def with_power_metadata(
+    dataset: Any, source: str | os.PathLike, revision: str | None = None, token: str | None = None
+) -> Any:
+    """`dataset` with the metadata of `generate_power_dataset` restored from `source`, the Hub repository (or a local
+    copy of one) it was loaded from. `push_to_hub` keeps the rows but not `info.description`, where the metadata lives
+    (the Hub's card holds features and splits only), so the push also uploads it as `trl_power_dataset.json`; this
+    reads it back. A data set that has its metadata, or a source without that file, is returned as it is."""
+    if power_dataset_metadata(dataset) is not None:
+        return dataset
+    local = Path(source).expanduser()
+    if local.is_dir():
+        path = local / HUB_METADATA_FILE
+        if not path.is_file():
+            return dataset
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
+
+        try:
+            path = Path(
+                hf_hub_download(
+                    str(source), HUB_METADATA_FILE, repo_type="dataset", revision=revision, token=token
+                )
+            )
+        except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError):
+            return dataset
+    text = path.read_text(encoding="utf-8")
+    if power_dataset_metadata(SimpleNamespace(info=SimpleNamespace(description=text))) is None:
+        raise ValueError(f"{HUB_METADATA_FILE} of {source} does not hold trl-power metadata.")
+    dataset.info.description = text
+    return dataset
+
+
+def load_power_dataset(name: str | os.PathLike, split: str = "train", **load_dataset_kwargs: Any) -> Any:
+    """A teacher data set pushed by `generate_power_dataset(..., push_to_hub=True)`, with its metadata:
+    `datasets.load_dataset(name, split=split, **load_dataset_kwargs)` then `with_power_metadata`, so that
+    `power_dataset_metadata` (and `PowerDistillTrainer`'s checks of alpha and of the target) see the sampling
+    config again. Also reads a local copy of such a repository, and the `output_dir` of `generate_power_dataset`."""
+    from datasets import load_dataset, load_from_disk
+
+    local = Path(name).expanduser()
+    for folder in (local / MERGED_DIR, local):
+        if (folder / "state.json").exists():  # written by save_to_disk: the description is kept
+            return load_from_disk(str(folder))
+    dataset = load_dataset(str(name), split=split, **load_dataset_kwargs)
+    return with_power_metadata(
+        dataset, name, load_dataset_kwargs.get("revision"), load_dataset_kwargs.get("token")
+    )
+
+
 # ----- rows of one shard ---------------------------------------------------------------------------------------------
 
 
@@ -157,9 +219,10 @@ def _shard_rows(
     prompt_ids: list[list[int]],
     start: int,
     shard: int,
+    merge_particles: bool = False,
 ) -> list[dict[str, Any]]:
     """Sample one shard (global prompts start..start+len(prompts)-1): its teacher rows (`trl_power.teacher`), each with
-    its shard and the cost per answer."""
+    its shard and the cost per answer; identical particles of a run merged (`merge_identical_particles`) if asked."""
     sampler.config = config
     out = sampler.sample(prompt_ids)
     stats = _per_run_stats(out.stats, len(prompts) * config.num_samples_per_prompt)
@@ -171,6 +234,8 @@ def _shard_rows(
         first_prompt_index=start,
         tokenizer=sampler.tokenizer,
     )
+    if merge_particles and out.weights is not None:
+        rows = merge_identical_particles(rows)
     return [{**row, "shard": shard, "stats": dict(stats)} for row in rows]
 
 
@@ -235,6 +300,7 @@ def generate_power_dataset(
     output_dir: str | os.PathLike | None = None,
     *,
     shard_size: int = 64,
+    merge_particles: bool = False,
     overwrite: bool = False,
     push_to_hub: bool = False,
     hub_dataset_id: str | None = None,
@@ -265,6 +331,11 @@ def generate_power_dataset(
             the same arguments resumes: finished shards are read back, the others are sampled. `None`: in memory.
         shard_size: Prompts per shard. Rows depend on it (each shard has its own seed), not on the number of
             processes, the sampler batch size or interruptions.
+        merge_particles: With `return_all_particles`: one row per distinct completion of a prompt, weighted by the
+            sum of its particles' weights over the prompt's runs, and no weight-0 rows
+            (`trl_power.teacher.merge_identical_particles`). Every prompt's weighted distribution, and so the
+            distillation loss, is unchanged; the rows are fewer (after SMC's resampling the particles repeat). A
+            merged row keeps the `sample_index` and `particle_index` of its first particle.
         overwrite: Delete a previous run in `output_dir` whose settings differ, instead of raising.
         push_to_hub: Push the data set to `hub_dataset_id` with `Dataset.push_to_hub` (main process), plus its
             metadata as `trl_power_dataset.json`.
@@ -315,7 +386,7 @@ def generate_power_dataset(
     out_dir = Path(output_dir) if output_dir is not None else None
 
     # 1. The seed and the manifest (main process), so that every process and every rerun uses the same seed.
-    fingerprint = _fingerprint(prompts, config, shard_size, model_id)
+    fingerprint = _fingerprint(prompts, config, shard_size, model_id, merge_particles)
     seed = _run_seed(state, out_dir, config.seed, fingerprint, num_shards, overwrite)
     used_config = replace(config, seed=int(seed), show_progress=False)
     push_args = (push_to_hub, hub_dataset_id, hub_private, hub_token)
@@ -326,6 +397,7 @@ def generate_power_dataset(
         "method": used_config.method,
         "model": model_id,
         "shard_size": shard_size,
+        "merge_particles": merge_particles,
         "num_prompts": len(prompts),
         "prompt_format": kind,
         "hub_dataset_id": hub_dataset_id if push_to_hub else None,
@@ -353,6 +425,7 @@ def generate_power_dataset(
         out_dir,
         state,
         show_progress,
+        merge_particles,
     )
 
     # 4. Merge (main process), save, push.
@@ -407,6 +480,7 @@ def _sample_shards(
     out_dir: Path | None,
     state: Any,
     show_progress: bool,
+    merge_particles: bool = False,
 ) -> list[dict[str, Any]]:
     """Step 3 of `generate_power_dataset`: sample `shards` with the sampler's config, shard s seeded by
     shard_seed(seed, s); each written to `out_dir` when done (then nothing is returned), or returned as rows."""
@@ -422,6 +496,7 @@ def _sample_shards(
             prompt_ids[lo:hi],
             lo,
             s,
+            merge_particles,
         )
         if out_dir is not None:
             _write_jsonl_atomic(_shard_path(out_dir, s), shard)

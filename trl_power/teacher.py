@@ -103,3 +103,21 @@ def training_example(row: dict[str, Any], max_length: int | None = None) -> dict
         example["input_ids"] = example["input_ids"][:max_length]
         example["completion_mask"] = example["completion_mask"][:max_length]
     return example
+
+
+def merge_identical_particles(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Weighted particle rows with identical (`prompt_index`, `completion_ids`) merged into one row whose weight is
+    their sum (over the particles of a run and over the runs of the prompt), weight-0 rows dropped. The distillation
+    loss sum_i w_i NLL_i / sum_i w_i T_i is a sum over rows, so it is unchanged, and so is every prompt's weighted
+    empirical distribution sum_n w_n delta(y_n); the rows are far fewer (Gemma 3 270M, 3-shot arithmetic, SMC-16,
+    4 runs a prompt: 64 particles, 9.6 distinct completions). The first row of a group keeps its indices."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        if row["weight"] <= 0:
+            continue
+        key = (row["prompt_index"], tuple(row["completion_ids"]))
+        if key in merged:
+            merged[key]["weight"] += row["weight"]
+        else:
+            merged[key] = dict(row)
+    return list(merged.values())

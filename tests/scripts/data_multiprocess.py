@@ -41,9 +41,9 @@ def main(model_dir: str, work_dir: str) -> None:
     sampled: dict[str, list[int]] = {}
     original = data._shard_rows
 
-    def recording_shard_rows(sampler, cfg, prompts, prompt_ids, start, shard):
+    def recording_shard_rows(sampler, cfg, prompts, prompt_ids, start, shard, *rest):
         sampled.setdefault(current, []).append(shard)
-        return original(sampler, cfg, prompts, prompt_ids, start, shard)
+        return original(sampler, cfg, prompts, prompt_ids, start, shard, *rest)
 
     data._shard_rows = recording_shard_rows
     results = {}

@@ -40,6 +40,7 @@ def main(script_args: PowerScriptArguments, config: PowerSampleConfig, model_arg
         config.sampling_config(),
         output_dir=config.output_dir,
         shard_size=config.shard_size,
+        merge_particles=config.merge_particles,
         overwrite=config.overwrite,
         push_to_hub=config.push_to_hub,
         hub_dataset_id=config.hub_dataset_id,

@@ -19,6 +19,7 @@ from typing import Any
 from trl import ScriptArguments, TrlParser
 
 from trl_power.data import COLUMNS as POWER_COLUMNS
+from trl_power.data import with_power_metadata
 from trl_power.prompts import format_prompt, template_fields
 from trl_power.sampling import PowerSamplingConfig
 from trl_power.sampling.vllm_engine import VLLMArguments
@@ -89,6 +90,8 @@ class PowerSampleConfig(VLLMArguments, PowerSamplingConfig, _OutputDir):
             data set (`dataset/`).
         shard_size: Prompts per shard, the unit of work split across processes and of resumption. The rows depend on
             it (each shard has its own seed), not on the number of processes.
+        merge_particles: With `return_all_particles`, one row per distinct completion of a prompt with the summed
+            weight of its particles, weight-0 rows dropped (the same weighted distribution, fewer rows to train on).
         overwrite: Delete a previous run in `output_dir` made with other settings instead of refusing to continue.
         push_to_hub: Push the data set to the Hub as `hub_dataset_id` (log in first with `hf auth login`).
         hub_dataset_id: Repository id of the pushed data set, `user/name`.
@@ -99,6 +102,12 @@ class PowerSampleConfig(VLLMArguments, PowerSamplingConfig, _OutputDir):
         default="power-samples", metadata={"help": "Folder of the run (shards and dataset/)."}
     )
     shard_size: int = field(default=64, metadata={"help": "Prompts per shard (unit of work and resumption)."})
+    merge_particles: bool = field(
+        default=False,
+        metadata={
+            "help": "return_all_particles: merge a prompt's identical particles (summed weights), drop weight 0."
+        },
+    )
     overwrite: bool = field(default=False, metadata={"help": "Replace a previous run with other settings."})
     push_to_hub: bool = field(
         default=False, metadata={"help": "Push the data set to the Hub (hub_dataset_id)."}
@@ -279,11 +288,12 @@ def _load_split(script_args: PowerScriptArguments, split: str) -> Any:
             if (folder / "state.json").exists() or (folder / "dataset_dict.json").exists():
                 data = load_from_disk(str(folder))
                 return data[_split(data, split, name)] if isinstance(data, DatasetDict) else data
-        return load_dataset(str(path), split=split)
+        return with_power_metadata(load_dataset(str(path), split=split), path)
     if _looks_local(name):
         raise FileNotFoundError(f"dataset_name {name!r} looks like a local path but does not exist.")
     data = load_dataset(name, name=script_args.dataset_config)
-    return data[_split(data, split, name)]
+    # A pushed teacher data set: its sampling metadata comes back from the repository's trl_power_dataset.json.
+    return with_power_metadata(data[_split(data, split, name)], name)
 
 
 def _split(data: Any, split: str, name: str) -> str:
