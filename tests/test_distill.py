@@ -725,3 +725,79 @@ def test_two_processes_weighted_step_equals_the_full_batch_step(small_teacher, t
     assert [r["online_teacher_calls"] for r in reports] == [2, 2]
     assert sorted(i for r in reports for i in r["online_prompts_sampled"]) == [0, 1]
     assert all("teacher/tokens_forwarded" in r["online_logged"] for r in reports)
+
+
+def test_weight_sampling_draws_rows_by_weight_and_keeps_the_expected_loss(tmp_path):
+    """`weight_sampling`: rows are drawn with probability w_i / sum w (chi-square over 40 epochs of draws) and a batch
+    of b of them, trained unweighted and divided by b * m_w (m_w = sum w_i T_i / sum w_i), has expectation the full
+    weighted loss L = sum w_i NLL_i / sum w_i T_i (the mean of 440 batch losses within 4 standard errors of it).
+    Power: the weights here span > 100x, so uniform draws fail the chi-square (p < 1e-10), and the estimators that
+    forget the weights (the unweighted loss) or apply them twice (weighted batches of weight-drawn rows) have
+    expectations more than 4 standard errors from L (asserted on the same numbers)."""
+    from scipy import stats
+
+    tok = make_tokenizer()
+    ds = _particles(1)
+    w = np.asarray(ds["weight"])
+    assert w.max() / w.min() > 100
+    full_args = distill_args(tmp_path, per_device_train_batch_size=len(ds), max_steps=1)
+    full_trainer = PowerDistillTrainer(make_base(), full_args, train_dataset=ds, processing_class=tok)
+    (batch,) = list(full_trainer.get_train_dataloader())
+    with torch.no_grad():
+        count = full_trainer._get_num_items_in_batch([batch], torch.device("cpu"))
+        full = float(
+            full_trainer.compute_loss(
+                full_trainer.model, full_trainer._prepare_inputs(batch), num_items_in_batch=count
+            )
+        )
+
+    args = distill_args(tmp_path, per_device_train_batch_size=5, max_steps=1, weight_sampling=True)
+    trainer = PowerDistillTrainer(make_base(), args, train_dataset=ds, processing_class=tok)
+    trainer.model.train()
+    sampler = trainer._get_train_sampler()
+    counts = np.bincount([i for _ in range(40) for i in sampler], minlength=len(ds))
+    expected = counts.sum() * w / w.sum()
+    assert stats.chisquare(counts, expected).pvalue > 1e-4
+    uniform = np.full(len(ds), counts.sum() / len(ds))
+    assert stats.chisquare(counts, uniform).pvalue < 1e-10  # the draws are far from uniform ones
+
+    # the per-row NLL and length, to state the alternatives' expectations
+    lengths = np.asarray([len(c) for c in ds["completion_ids"]], dtype=float)
+    nll = -sequence_logprobs(make_base(), [PROMPT] * len(ds), ds["completion_ids"]).double().numpy()
+    assert full == pytest.approx(float((w * nll).sum() / (w * lengths).sum()), rel=1e-4)
+    losses, loader = [], trainer.get_train_dataloader()  # one loader, as in training: each epoch draws anew
+    for _ in range(40):
+        for raw in loader:
+            count = trainer._get_num_items_in_batch([raw], torch.device("cpu"))
+            with torch.no_grad():
+                inputs = trainer._prepare_inputs(raw)
+                losses.append(float(trainer.compute_loss(trainer.model, inputs, num_items_in_batch=count)))
+    se = np.std(losses, ddof=1) / math.sqrt(len(losses))
+    assert abs(np.mean(losses) - full) < 4 * se
+    unweighted = nll.sum() / lengths.sum()
+    twice = (w**2 * nll).sum() / (w**2 * lengths).sum()
+    assert abs(unweighted - full) > 4 * se and abs(twice - full) > 4 * se
+
+    with pytest.raises(ValueError, match="weight_sampling"):
+        PowerDistillTrainer(
+            make_base(),
+            args,
+            train_dataset=ds.remove_columns("weight"),
+            processing_class=tok,
+        )
+
+
+def test_eos_of_a_model_given_as_a_path_counts_as_finished(tmp_path):
+    """A model given by path: the EOS ids of its generation config (here 0 and "c" = 3) decide which rows without a
+    `finished` column are finished answers. Power: the trainer used to know the tokenizer's EOS only when given a
+    path, and dropped the answer ending with "c" (2 rows kept instead of 3)."""
+    path = tmp_path / "model"
+    model = make_base()
+    model.generation_config.eos_token_id = [0, 3]
+    model.save_pretrained(path)
+    tok = make_tokenizer()
+    tok.save_pretrained(path)
+    ds = Dataset.from_dict({"prompt_ids": [PROMPT] * 4, "completion_ids": [[1, 0], [2, 3], [1, 2], [3, 0]]})
+    args = distill_args(tmp_path / "out", max_steps=1)
+    trainer = PowerDistillTrainer(str(path), args, train_dataset=ds, processing_class=tok)
+    assert len(trainer.train_dataset) == 3

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import textwrap
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,7 @@ from trl.data_utils import get_dataset_column_names
 from trl.trainer.utils import get_config_model_id
 
 from trl_power.data import power_dataset_metadata
-from trl_power.modeling import adapter_disabled, eos_token_ids
+from trl_power.modeling import adapter_disabled, eos_token_ids, merge_eos_ids, stop_token_ids
 from trl_power.prompts import prompt_format, tokenize_prompt
 from trl_power.sampling import PowerSampler
 from trl_power.seeding import derived_seed
@@ -175,6 +176,23 @@ def _is_empty_completion(value: Any) -> bool:
     return False
 
 
+def _declared_eos_ids(model: Any, processing_class: Any) -> list[int]:
+    """The end ids the model declares (generation config, model config, tokenizer), known before SFTTrainer loads a
+    model given as a path: then read from the path's generation config (an EOS set there, e.g. a newline, counts)."""
+    try:
+        if not isinstance(model, str):
+            return eos_token_ids(model, processing_class)
+        from transformers import GenerationConfig
+
+        try:
+            generation = GenerationConfig.from_pretrained(model)
+        except OSError:  # no generation config: the tokenizer SFTTrainer loads gives the EOS
+            return []
+        return merge_eos_ids(getattr(processing_class, "eos_token_id", None), generation.eos_token_id)
+    except ValueError:  # no EOS known yet: the tokenizer SFTTrainer loads gives it
+        return []
+
+
 def _as_distill_config(args: Any, model: Any) -> PowerDistillConfig:
     """`args` as a PowerDistillConfig: the default one for `model`, or, as SFTTrainer does with a TrainingArguments,
     the same fields with the rest at PowerDistillConfig's defaults; a `TypeError` for anything else."""
@@ -269,10 +287,7 @@ class PowerDistillTrainer(SFTTrainer):
             raise ValueError("`train_dataset` is required")
 
         self._online = args.sampling_config is not None
-        try:
-            self._eos_ids = [] if isinstance(model, str) else eos_token_ids(model, processing_class)
-        except ValueError:  # no EOS known yet: the tokenizer SFTTrainer loads gives it
-            self._eos_ids = []
+        self._eos_ids = _declared_eos_ids(model, processing_class)
         self._sampling_config = args.power_sampling_config
         self._check_teacher_data(args, train_dataset, eval_dataset, formatted=formatting_func is not None)
         self._weighted = "weight" in get_dataset_column_names(train_dataset) or self._online
@@ -283,6 +298,13 @@ class PowerDistillTrainer(SFTTrainer):
             self._particle_weights = _has_varying_weights(train_dataset)
         if self._weighted:
             args.check_weighted_loss_settings()
+        if args.weight_sampling and (
+            self._online or not self._weighted or not hasattr(train_dataset, "__len__")
+        ):
+            raise ValueError(
+                "weight_sampling draws the rows of a map-style data set with a `weight` column by their weights; this "
+                "train data set is " + ("sampled online." if self._online else "unweighted or iterable.")
+            )
         self._init_teacher(model, teacher_model, peft_config, args)
 
         super().__init__(
@@ -305,6 +327,13 @@ class PowerDistillTrainer(SFTTrainer):
         self.data_collator = _DistillCollator(self.data_collator)
         self._weighted_tokens_sum, self._rows_seen = 0.0, 0
         self._fixed_mean_weighted_tokens = self._dataset_mean_weighted_tokens(self.train_dataset)
+        # weight_sampling: rows drawn with probability w_i / sum w train unweighted; the divisor's mean length is then
+        # m_w = sum_i w_i T_i / sum_i w_i = m * n / sum_i w_i.
+        self._sampled_length_scale = (
+            len(self.train_dataset) / float(np.sum(self.train_dataset["weight"]))
+            if args.weight_sampling
+            else 1.0
+        )
         if self._teacher_model is not None:
             self._teacher_model.to(self.accelerator.device)
 
@@ -319,6 +348,17 @@ class PowerDistillTrainer(SFTTrainer):
             train_dataset, "train", self._online, args.use_sampled_ids, formatted=formatted
         )
         self._dataset_metadata = power_dataset_metadata(train_dataset)
+        columns = get_dataset_column_names(train_dataset)
+        if self._dataset_metadata is None and {"prompt_ids", "completion_ids", "stats", "shard"} <= set(
+            columns
+        ):
+            warnings.warn(
+                "The train data set has the columns of generate_power_dataset but not its metadata (a data set pushed "
+                "to the Hub and read back with datasets.load_dataset loses it), so its alpha and target are not "
+                "checked and the model card cannot name its sampler. Load it with trl_power.load_power_dataset.",
+                UserWarning,
+                stacklevel=3,
+            )
         self._check_alpha(args)
         sampled_target = ((self._dataset_metadata or {}).get("sampling_config") or {}).get("finished_only")
         if args.finished_only and sampled_target is False and _has_varying_weights(train_dataset):
@@ -388,13 +428,16 @@ class PowerDistillTrainer(SFTTrainer):
                 return {"prompt_ids": tokenize_prompt(tokenizer, example["prompt"]), "prompt_index": index}
 
             return dataset.map(tokenize, with_indices=True)
-        eos_ids = {*self._eos_ids, self._tokenizer.eos_token_id}
         sampled_ids = (
             args.use_sampled_ids
             and {"prompt_ids", "completion_ids"} <= set(columns)
             and "input_ids" not in columns
         )
         if "finished" not in columns and sampled_ids:
+            eos_ids = {*self._eos_ids, self._tokenizer.eos_token_id}
+            stop_strings = ((self._dataset_metadata or {}).get("sampling_config") or {}).get("stop_strings")
+            if stop_strings:  # the teacher's answers also ended at these (and were finished)
+                eos_ids |= set(stop_token_ids(self._tokenizer, stop_strings))
             dataset = dataset.map(
                 lambda ex: {"finished": bool(ex["completion_ids"]) and ex["completion_ids"][-1] in eos_ids}
             )
@@ -441,6 +484,25 @@ class PowerDistillTrainer(SFTTrainer):
         weights = dataset["weight"] if "weight" in dataset.column_names else [1.0] * len(dataset)
         tokens = [sum(label != -100 for label in labels[1:]) for labels in dataset["labels"]]
         return float(np.dot(np.asarray(weights, dtype=np.float64), tokens) / len(dataset))
+
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.args.weight_sampling:
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        generator = torch.Generator().manual_seed(
+            self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        )
+        # The same seed on every process: each draws the same row sequence, which Accelerate shards.
+        return torch.utils.data.WeightedRandomSampler(
+            torch.as_tensor(dataset["weight"], dtype=torch.float64),
+            len(dataset),
+            replacement=True,
+            generator=generator,
+        )
+
+    def _weights_sampled(self) -> bool:
+        """Training batches whose rows were drawn by weight (`weight_sampling`): they count with weight 1."""
+        return self.args.weight_sampling and self.model.training
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -529,7 +591,8 @@ class PowerDistillTrainer(SFTTrainer):
         """(T_i, w_i) of each row of a collated batch: completion tokens that carry loss, and the weight (1 if none)."""
         labels = batch["labels"]
         tokens = (labels[:, 1:] != -100).sum(1).float()
-        weights = batch["weight"].float() if "weight" in batch else torch.ones_like(tokens)
+        weighted = "weight" in batch and not self._weights_sampled()
+        weights = batch["weight"].float() if weighted else torch.ones_like(tokens)
         return tokens, weights
 
     def _observe_weighted_tokens(self, batches: list[dict[str, torch.Tensor]]) -> None:
@@ -556,7 +619,10 @@ class PowerDistillTrainer(SFTTrainer):
             self._observe_weighted_tokens(batch_samples)
         rows = [self._loss_tokens_and_weights(b) for b in batch_samples]
         if self.args.loss_normalizer == "dataset_mean":
-            local = torch.tensor(sum(len(t) for t, _ in rows) * self.mean_weighted_tokens, device=device)
+            mean = self.mean_weighted_tokens * (
+                self._sampled_length_scale if self._weights_sampled() else 1.0
+            )
+            local = torch.tensor(sum(len(t) for t, _ in rows) * mean, device=device)
         else:
             local = sum((t * w).sum() for t, w in rows).to(device)
         return self._as_parent_divisor(local)
@@ -570,7 +636,7 @@ class PowerDistillTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "weight" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        weight = inputs["weight"]
+        weight = torch.ones_like(inputs["weight"]) if self._weights_sampled() else inputs["weight"]
         inputs = {k: v for k, v in inputs.items() if k != "weight"}
         # Weighted NLL. SFTTrainer's loss is sum(-log p) / token count with no per-sequence factor to hook into, so
         # the weighted case runs the same fused forward and reduction here, with w_i on each sequence's tokens.
@@ -585,7 +651,11 @@ class PowerDistillTrainer(SFTTrainer):
         if num_items_in_batch is not None:
             divisor = num_items_in_batch
         elif self.args.loss_normalizer == "dataset_mean" and self.mean_weighted_tokens > 0:
-            divisor = w.numel() * self.mean_weighted_tokens
+            divisor = (
+                w.numel()
+                * self.mean_weighted_tokens
+                * (self._sampled_length_scale if self._weights_sampled() else 1.0)
+            )
         else:
             divisor = (mask * w).sum()
         loss = per_token_loss.sum() / torch.as_tensor(divisor).clamp(min=1e-12)
