@@ -561,3 +561,38 @@ def test_two_processes_gather_the_groups(tmp_path, reference_dir):
     # the check can tell a gathered baseline from a per-process one
     assert max(c["local_only_diff"] for c in results[0]["checks"]) > 0.1
     assert results[0]["checks"] == results[1]["checks"]
+
+
+def test_stop_strings_end_completions(tmp_path, reference_dir):
+    """stop_strings=["b"]: a completion ends at the first "b" (kept), which RLOO then treats as an end id (finished,
+    its self-reward summed up to it). Power: without the stop, a completion is never "b" alone (it would need an end
+    after it within 3 tokens but "b" is no EOS), and about a third of the reference's mass starts with "b", so 16
+    completions without one would happen with probability < 0.002 under the fixed seed's draws."""
+    seen: list[list[int]] = []
+
+    def record(completion_ids, **kwargs):
+        seen.extend(list(c) for c in completion_ids)
+        return [0.0] * len(completion_ids)
+
+    tokenizer = build_tokenizer(WORDS, with_pad=False)
+    b = tokenizer.convert_tokens_to_ids("b")
+    config = make_config(
+        tmp_path, stop_strings=["b"], max_steps=1, num_generations=16, per_device_train_batch_size=16
+    )
+    trainer = PowerSelfRewardTrainer(
+        model=str(reference_dir),
+        reward_funcs=record,
+        args=config,
+        train_dataset=prompts(),
+        processing_class=tokenizer,
+    )
+    assert b in trainer.eos_token_ids and b in trainer.generation_config.eos_token_id
+    trainer.train()
+    assert [b] in seen
+    assert all(b not in c[:-1] for c in seen)
+    expected = (
+        sequence_logprobs(load_reference(reference_dir), [PROMPT_IDS] * len(seen), seen).double().numpy()
+    )
+    np.testing.assert_allclose(
+        np.array(trainer._logs["extra"]["self_reward"], dtype=np.float64), expected, atol=1e-4
+    )

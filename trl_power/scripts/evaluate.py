@@ -59,6 +59,9 @@ class EvaluateConfig(PowerSampleConfig):
         base_model_name_or_path: Model under which the self-reward log p_base(y|x) of the answers is computed.
             `None`: for an adapter its base model (adapter disabled), else the evaluated model itself.
         push_to_hub: Push the scored answers (and metrics.json) to the Hub data set `hub_dataset_id`.
+        update_model_card: Record the measured accuracy (with its standard error, the method, data set, prompts and
+            answers) in the model card (`README.md`) of a local `model_name_or_path`, e.g. a distilled adapter: the
+            `trl_power.evaluation` metadata entry and an "Evaluation" section, replaced on every run.
     """
 
     output_dir: str = field(
@@ -74,6 +77,11 @@ class EvaluateConfig(PowerSampleConfig):
             "help": "Model under which the self-reward log p_base(y|x) is computed. None: the base model of an "
             "adapter (adapter disabled), else the evaluated model itself. Set it for a fully fine-tuned student."
         },
+    )
+
+    update_model_card: bool = field(
+        default=False,
+        metadata={"help": "Record the measured accuracy in the model card of a local model_name_or_path."},
     )
 
     def __post_init__(self) -> None:
@@ -156,6 +164,9 @@ def main(script_args: PowerScriptArguments, config: EvaluateConfig, model_args: 
     print(format_results([result]))
     if metrics["diagnostic"] is not None:
         print(metrics["diagnostic"]["message"])
+    if config.update_model_card:
+        path = record_in_model_card(model_args.model_name_or_path, metrics)
+        print(f"Accuracy recorded in {path}.")
     if config.push_to_hub:
         from huggingface_hub import HfApi
 
@@ -168,6 +179,44 @@ def main(script_args: PowerScriptArguments, config: EvaluateConfig, model_args: 
         )
         print(f"Answers and metrics pushed to https://huggingface.co/datasets/{config.hub_dataset_id}.")
     return metrics
+
+
+_EVALUATION_HEADING = "## Evaluation (trl-power eval)"
+
+
+def record_in_model_card(model_dir: str | None, metrics: dict) -> Path:
+    """Writes the measured accuracy into the model card of the local model folder `model_dir` (its README.md, made by
+    the trainer's `create_model_card`): metadata `trl_power.evaluation` and a section, both replaced on a rerun."""
+    from huggingface_hub import ModelCard
+
+    path = Path(model_dir or "") / "README.md"
+    if not model_dir or not path.is_file():
+        raise ValueError(
+            f"update_model_card needs a local model folder with a README.md; {path} does not exist."
+        )
+    card = ModelCard.load(path)
+    record = {
+        "accuracy": metrics["accuracy"],
+        "accuracy_stderr": metrics["accuracy_stderr"],
+        "method": metrics["method"],
+        "dataset": metrics["dataset"],
+        "verifier": metrics["verifier"],
+        "num_prompts": metrics["num_prompts"],
+        "num_answers": metrics["num_answers"],
+        "tokens_per_answer": metrics["tokens_per_answer"],
+    }
+    entry = dict(card.data.to_dict().get("trl_power") or {})
+    entry["evaluation"] = record
+    card.data.trl_power = entry
+    text = card.text.split(_EVALUATION_HEADING)[0].rstrip() + "\n\n" + _EVALUATION_HEADING + "\n\n"
+    text += (
+        f"Accuracy {record['accuracy']:.3f} (standard error {record['accuracy_stderr']:.3f}) with `{record['method']}` "
+        f"sampling on {record['num_prompts']} prompts of `{record['dataset']}` ({record['num_answers']} answers, "
+        f"verifier `{record['verifier']}`, {record['tokens_per_answer']:.1f} tokens forwarded per answer).\n"
+    )
+    card.text = text
+    card.save(path)
+    return path
 
 
 def make_parser(prog: str | None = None):

@@ -112,6 +112,11 @@ class PowerSelfRewardConfig(RLOOConfig):
         cut_log_penalty (`float`, *optional*, defaults to `20.0`):
             With `finished_only`: the log-factor by which the optimum down-weights a cut completion (reward penalty
             beta * cut_log_penalty).
+        stop_strings (`list[str]`, *optional*):
+            A completion also ends at the first token whose text contains one of these (kept, and finished like an
+            EOS-ended one: `trl_power.modeling.stop_token_ids`), as `PowerSamplingConfig.stop_strings`: the target is
+            then p_ref^alpha over answers that end there (a base model answering few-shot prompts goes on with the
+            next example; `["\n"]` ends its answer at the newline). Both generation backends stop there.
 
         > Parameters whose defaults differ from [`~trl.RLOOConfig`]
 
@@ -172,6 +177,13 @@ class PowerSelfRewardConfig(RLOOConfig):
         default=20.0,
         metadata={
             "help": "With finished_only: log-factor by which the optimum down-weights a cut completion."
+        },
+    )
+    stop_strings: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "A completion also ends (finished) at the first token whose text contains one of these, e.g. "
+            '["\\n"] for few-shot answers of a base model.'
         },
     )
     disable_dropout: bool = field(

@@ -25,6 +25,7 @@ from accelerate.utils import gather
 from trl import RLOOTrainer
 from trl.trainer.utils import get_config_model_id, nanstd
 
+from trl_power.modeling import merge_eos_ids, stop_token_ids
 from trl_power.trainers.self_reward_config import PowerSelfRewardConfig
 from trl_power.trainers.utils import POWER_PAPER, check_private_hooks
 
@@ -157,8 +158,21 @@ class PowerSelfRewardTrainer(RLOOTrainer):
             peft_config=peft_config,
         )
         self.num_true_rewards = 0 if self.reward_funcs == [no_reward] else len(self.reward_funcs)
+        if args.stop_strings:
+            self._add_stop_token_ids(stop_token_ids(self._tokenizer, args.stop_strings))
         if self.use_vllm and self.vllm_mode == "colocate":
             self._sync_colocated_weights_through_vllm_reload()
+
+    def _add_stop_token_ids(self, ids: list[int]) -> None:
+        """`stop_strings`: RLOO's end ids (which decide what is a finished completion, its mask and the cut test
+        here) and both generation backends' stopping rule get the stop tokens."""
+        self.eos_token_ids = merge_eos_ids(self.eos_token_ids, ids)
+        if self.use_vllm:
+            generation = self.vllm_generation.generation_kwargs
+            generation["stop_token_ids"] = merge_eos_ids(generation.get("stop_token_ids"), ids)
+        else:
+            self.generation_kwargs["eos_token_id"] = self.eos_token_ids
+            self.generation_config.eos_token_id = self.eos_token_ids
 
     def _sync_colocated_weights_through_vllm_reload(self) -> None:
         """TRL's colocate sync (gathering, PEFT merging, waking a sleeping engine, prefix-cache reset: all TRL's),
