@@ -34,7 +34,7 @@ def test_the_public_contract_of_docs_design_md_imports():
     names = [
         "PowerSamplingConfig", "PowerSampler", "PowerSamplingOutput", "generate_power_dataset",
         "PowerSelfRewardConfig", "PowerSelfRewardTrainer", "PowerDistillConfig", "PowerDistillTrainer",
-        "alpha_to_beta", "beta_to_alpha", "exact_power_distribution", "load_vllm",
+        "alpha_to_beta", "beta_to_alpha", "exact_power_distribution", "load_vllm", "load_power_dataset",
     ]  # fmt: skip
     for name in names:
         assert getattr(trl_power, name) is not None, name

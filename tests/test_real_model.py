@@ -14,6 +14,7 @@ import sys
 from importlib.util import find_spec
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -179,3 +180,74 @@ def test_eval_recipe_on_the_real_model(gemma_dir, tmp_path):
     assert metrics["accuracy"] >= 5 / 8  # 6 of 8 measured, as the greedy test above
     rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and all(r["completion"].endswith("\n") for r in rows)
+
+
+def test_pipeline_on_the_real_model(gemma_dir, tmp_path):
+    """The pipeline's shipped configs on Gemma, each step at the smallest size that exercises it (~40 s): SMC teacher
+    data (4 training prompts, merged particles), the LoRA student (2 steps, weight-sampled rows), its evaluation
+    recording the accuracy in its model card, the adapter read back with `PeftModel.from_pretrained` answering
+    exactly as the recipe's answers (same sampling config and seed), and one self-reward step whose completions end
+    at the newline. The full-size run and its numbers: benchmarks/real_model_training.py (BENCHMARKS §9)."""
+    import yaml
+    from datasets import load_from_disk
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_power import PowerSamplingConfig, generate_power_dataset
+    from trl_power.cli import script_commands
+    from trl_power.data import power_dataset_metadata
+    from trl_power.scripts.utils import parse_args
+
+    configs = Path(__file__).resolve().parents[1] / "recipes/configs/gemma-3-270m"
+
+    def run(command, config, *overrides):
+        recipe = script_commands()[command].module()
+        args = ["--config", str(configs / config), "--model_name_or_path", str(gemma_dir), *overrides]
+        return recipe.main(*parse_args(recipe.make_parser(), args))
+
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    run("sample", "sample.yaml", "--max_prompts", "4", "--num_particles", "4", "--num_samples_per_prompt", "2",
+        "--output_dir", str(teacher))  # fmt: skip
+    data = load_from_disk(str(teacher / "dataset"))
+    keys = list(zip(data["prompt_index"], map(tuple, data["completion_ids"])))
+    assert len(set(keys)) == len(keys) <= 4 * 2 * 4 and min(data["weight"]) > 0
+    per_prompt = np.bincount(data["prompt_index"], weights=data["weight"])
+    np.testing.assert_allclose(per_prompt, 2.0, rtol=1e-9)  # two runs of total weight 1 per prompt
+    assert power_dataset_metadata(data)["sampling_config"]["stop_strings"] == ["\n"]
+
+    run("distill", "distill.yaml", "--dataset_name", str(teacher), "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--output_dir", str(student))  # fmt: skip
+    adapter = json.loads((student / "adapter_config.json").read_text())
+    assert not adapter.get("modules_to_save") and "lm_head" not in adapter["target_modules"]
+
+    evaluation = tmp_path / "eval"
+    eval_data = tmp_path / "eval.jsonl"
+    lines = (configs.parents[2] / "recipes/data/arithmetic_eval.jsonl").read_text().splitlines(True)[:4]
+    eval_data.write_text("".join(lines))
+    recipe = script_commands()["eval"].module()
+    args = ["--config", str(configs / "eval_student.yaml"), "--model_name_or_path", str(student),
+            "--dataset_name", str(eval_data), "--output_dir", str(evaluation), "--num_samples_per_prompt", "2",
+            "--diagnostic_bootstrap", "0"]  # fmt: skip
+    metrics = recipe.main(*parse_args(recipe.make_parser(), args))
+    card = yaml.safe_load((student / "README.md").read_text().split("---")[1])["trl_power"]
+    assert card["alpha"] == 4.0 and card["sampler"] == "smc"
+    assert card["evaluation"]["accuracy"] == metrics["accuracy"] and card["evaluation"]["num_prompts"] == 4
+
+    base = AutoModelForCausalLM.from_pretrained(gemma_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(student)).eval()
+    config = PowerSamplingConfig(**metrics["sampling_config"])
+    prompts = [json.loads(line)["prompt"] for line in lines]
+    again = generate_power_dataset(
+        model, AutoTokenizer.from_pretrained(student), prompts, config, shard_size=64
+    )
+    recipe_rows = [json.loads(line) for line in (evaluation / "answers.jsonl").read_text().splitlines()]
+    assert again["completion_ids"] == [r["completion_ids"] for r in recipe_rows]
+
+    policy = tmp_path / "policy"
+    run("self-reward", "self_reward.yaml", "--max_steps", "1", "--per_device_train_batch_size", "4",
+        "--num_generations", "4", "--max_prompts", "4", "--logging_steps", "1", "--output_dir", str(policy))  # fmt: skip
+    assert (policy / "adapter_model.safetensors").exists()
+    (logs,) = [
+        h for h in json.loads((policy / "trainer_state.json").read_text())["log_history"] if "loss" in h
+    ]
+    assert logs["completions/clipped_ratio"] < 0.5 and logs["completions/mean_terminated_length"] <= 3
