@@ -222,7 +222,7 @@ def _shard_rows(
     merge_particles: bool = False,
 ) -> list[dict[str, Any]]:
     """Sample one shard (global prompts start..start+len(prompts)-1): its teacher rows (`trl_power.teacher`), each with
-    its shard and the cost per answer; identical particles of a run merged (`merge_identical_particles`) if asked."""
+    its shard and the cost per answer; identical particles of a prompt merged (`merge_identical_particles`) if asked."""
     sampler.config = config
     out = sampler.sample(prompt_ids)
     stats = _per_run_stats(out.stats, len(prompts) * config.num_samples_per_prompt)
