@@ -73,6 +73,8 @@ PRIVATE_HOOKS: dict[str, dict[str, tuple[str, ...]]] = {
         "_set_signature_columns_if_needed": (),
         # transformers' Trainer: the online teacher samples the batches drawn for one optimizer step
         "get_batch_samples": ("epoch_iterator", "num_batches", "device"),
+        # transformers' Trainer: weight_sampling draws the rows by their weights
+        "_get_train_sampler": ("train_dataset",),
         # transformers' Trainer: the weighted loss's divisor (the data set's mean weighted length)
         "_get_num_items_in_batch": ("batch_samples", "device"),
     },
