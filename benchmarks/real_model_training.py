@@ -86,6 +86,7 @@ def adapter_round_trip(model_dir: str, student: Path, eval_folder: Path) -> dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_power import PowerSamplingConfig, generate_power_dataset
+    from trl_power.evaluation import group_by_prompt
     from trl_power.verifiers import get_verifier
 
     metrics = json.loads((eval_folder / "metrics.json").read_text())
@@ -98,9 +99,7 @@ def adapter_round_trip(model_dir: str, student: Path, eval_folder: Path) -> dict
     data = generate_power_dataset(model, tokenizer, prompts, config, shard_size=64)
     verifier = get_verifier("arithmetic")
     rewards = verifier.rewards(data["prompt"], data["completion"])
-    per_prompt = [[] for _ in prompts]
-    for r, i in zip(rewards, data["prompt_index"]):
-        per_prompt[i].append(r)
+    per_prompt = group_by_prompt(rewards, data["prompt_index"], len(prompts))
     accuracy = float(np.mean([np.mean(g) for g in per_prompt]))
     same = [r["completion_ids"] for r in recipe] == data["completion_ids"]
     return {"accuracy": accuracy, "recipe_accuracy": metrics["accuracy"], "same_completions": same}

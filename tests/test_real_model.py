@@ -200,7 +200,7 @@ def test_pipeline_on_the_real_model(gemma_dir, tmp_path):
 
     configs = Path(__file__).resolve().parents[1] / "recipes/configs/gemma-3-270m"
 
-    def run(command, config, *overrides):
+    def run(command, config, *overrides):  # later options win: an override may name another model
         recipe = script_commands()[command].module()
         args = ["--config", str(configs / config), "--model_name_or_path", str(gemma_dir), *overrides]
         return recipe.main(*parse_args(recipe.make_parser(), args))
@@ -224,11 +224,8 @@ def test_pipeline_on_the_real_model(gemma_dir, tmp_path):
     eval_data = tmp_path / "eval.jsonl"
     lines = (configs.parents[2] / "recipes/data/arithmetic_eval.jsonl").read_text().splitlines(True)[:4]
     eval_data.write_text("".join(lines))
-    recipe = script_commands()["eval"].module()
-    args = ["--config", str(configs / "eval_student.yaml"), "--model_name_or_path", str(student),
-            "--dataset_name", str(eval_data), "--output_dir", str(evaluation), "--num_samples_per_prompt", "2",
-            "--diagnostic_bootstrap", "0"]  # fmt: skip
-    metrics = recipe.main(*parse_args(recipe.make_parser(), args))
+    metrics = run("eval", "eval_student.yaml", "--model_name_or_path", str(student), "--dataset_name", str(eval_data),
+                  "--output_dir", str(evaluation), "--num_samples_per_prompt", "2", "--diagnostic_bootstrap", "0")  # fmt: skip
     card = yaml.safe_load((student / "README.md").read_text().split("---")[1])["trl_power"]
     assert card["alpha"] == 4.0 and card["sampler"] == "smc"
     assert card["evaluation"]["accuracy"] == metrics["accuracy"] and card["evaluation"]["num_prompts"] == 4

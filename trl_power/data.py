@@ -22,7 +22,6 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -138,7 +137,10 @@ def power_dataset_metadata(dataset: Any) -> dict[str, Any] | None:
     `sampling_config` (with the seed actually used), `alpha`, `method`, `model`, `shard_size`, `num_prompts`,
     `prompt_format`, `hub_dataset_id`, `format_version`."""
     info = getattr(dataset, "info", None)
-    text = getattr(info, "description", None) or ""
+    return _metadata_from_text(getattr(info, "description", None) or "")
+
+
+def _metadata_from_text(text: str) -> dict[str, Any] | None:
     try:
         data = json.loads(text)
     except (TypeError, ValueError):
@@ -152,8 +154,13 @@ def with_power_metadata(
     """`dataset` with the metadata of `generate_power_dataset` restored from `source`, the Hub repository (or a local
     copy of one) it was loaded from. `push_to_hub` keeps the rows but not `info.description`, where the metadata lives
     (the Hub's card holds features and splits only), so the push also uploads it as `trl_power_dataset.json`; this
-    reads it back. A data set that has its metadata, or a source without that file, is returned as it is."""
-    if power_dataset_metadata(dataset) is not None:
+    reads it back. A data set that has its metadata, that lacks the columns of `generate_power_dataset` (no file is
+    looked for then: a prompt data set costs no request), or whose source has no such file, is returned as it is."""
+    columns = set(getattr(dataset, "column_names", None) or ())
+    if (
+        power_dataset_metadata(dataset) is not None
+        or not {"prompt_ids", "completion_ids", "stats"} <= columns
+    ):
         return dataset
     local = Path(source).expanduser()
     if local.is_dir():
@@ -177,7 +184,7 @@ def with_power_metadata(
         except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError):
             return dataset
     text = path.read_text(encoding="utf-8")
-    if power_dataset_metadata(SimpleNamespace(info=SimpleNamespace(description=text))) is None:
+    if _metadata_from_text(text) is None:
         raise ValueError(f"{HUB_METADATA_FILE} of {source} does not hold trl-power metadata.")
     dataset.info.description = text
     return dataset
