@@ -246,7 +246,7 @@ def test_nan_logits_raise():
 @pytest.mark.parametrize("vocab, block", [(5, 2), (1000, 64), (1024, 1024), (3001, 128)])
 def test_two_level_inverse_cdf_draws_the_one_level_tokens(vocab, block):
     """The engine's draw (block sums, then the token inside the block) is the plain float64 inverse CDF, token for
-    token, including vocabularies that are not a multiple of the block and truncated proposals (-inf entries).
+    token (rows split in chunks of 300 too), including vocabularies that are not a multiple of the block and truncated proposals (-inf entries).
     Power: an off-by-one block offset or a missing pad moves most draws."""
     gen = torch.Generator().manual_seed(vocab)
     logits = torch.randn(2000, vocab, generator=gen) * 3
@@ -257,3 +257,50 @@ def test_two_level_inverse_cdf_draws_the_one_level_tokens(vocab, block):
         torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp(max=vocab - 1)
     )
     assert torch.equal(sample_from_logprobs(logq, u, block=block), one_level)
+    assert torch.equal(sample_from_logprobs(logq, u, block=block, rows_per_chunk=300), one_level)
+
+
+def _one_level_draw(logq: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The reference: the first v with CDF(v) > u * CDF(V), one float64 cumulative sum over the row."""
+    cdf = logq.double().exp().cumsum(-1)
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
+
+
+def test_two_level_draw_is_the_float64_draw_on_a_262k_vocabulary():
+    """On Gemma's vocabulary size (262,144 tokens, logits spread like a real head's), the two-level draw is the float64
+    one-level draw token for token: for uniform targets, and for targets placed just inside a token's CDF interval
+    (1e-12 to 1e-9 past its lower edge, far above float64 rounding, within float32's). Power: the previous draw took
+    exp in float32, which moves every CDF edge by up to ~1e-9 and draws the neighbouring token for about half of
+    the edge targets (and for 1.5e-5 to 1.6e-4 of uniform draws); the assertion on `exp_in_float32` shows it here."""
+    V, B = 262_144, 128
+    gen = torch.Generator().manual_seed(0)
+    logq = torch.log_softmax(torch.randn(B, V, generator=gen) * 3, -1)
+    u = torch.rand(B, generator=gen, dtype=torch.float64)
+    assert torch.equal(sample_from_logprobs(logq, u), _one_level_draw(logq, u))
+
+    p = logq.double().exp()
+    cdf, total = p.cumsum(-1), p.sum(-1)
+    v = torch.multinomial(p, 1, generator=gen).squeeze(1).clamp(min=1)  # tokens with some mass
+    offset = 10 ** (-12 + 3 * torch.rand(B, generator=gen, dtype=torch.float64))
+    offset = torch.minimum(offset, 0.5 * p.gather(1, v[:, None]).squeeze(1))
+    edge = (cdf.gather(1, (v - 1)[:, None]).squeeze(1) + offset) / cdf[:, -1]
+    reference = _one_level_draw(logq, edge)
+    assert torch.equal(reference, v)
+    assert torch.equal(sample_from_logprobs(logq, edge), reference)
+    exp_in_float32 = _one_level_draw(logq.float().exp().double().log(), edge)
+    assert (exp_in_float32 != reference).sum() > B // 10
+    assert total.min() > 0
+
+
+def test_a_target_past_the_in_block_total_takes_a_token_of_positive_probability():
+    """A block's total (a pairwise float64 sum) can exceed the last value of its cumulative sum by rounding: here
+    1 + 199 x 1e-16 sums to 1 + 2e-14 but accumulates to 1. A target between the two used to run past the block and
+    clamp to its last slot, a zero-probability token (log q = -inf). Now it takes the last token of positive mass."""
+    logq = torch.full((1, 1024), -math.inf, dtype=torch.float64)
+    logq[0, 0] = 0.0
+    logq[0, 1:200] = math.log(1e-16)
+    p = logq.exp()
+    assert p.sum() > p.cumsum(-1)[0, -1]  # the rounding this is about
+    u = torch.tensor([1 - 2**-53], dtype=torch.float64)
+    token = int(sample_from_logprobs(logq, u)[0])
+    assert token == 199 and math.isfinite(float(logq[0, token]))

@@ -43,24 +43,46 @@ def proposal_logprobs(
     return torch.log_softmax(scores, -1)
 
 
-def sample_from_logprobs(logq: torch.Tensor, u: torch.Tensor, block: int = 1024) -> torch.Tensor:
-    """Inverse-CDF draw: the first v with CDF(v) > u * CDF(V), in float64 on CPU (so every backend draws alike). In
-    two levels, so that a 262k-token vocabulary does not need a float64 cumulative sum per row: the block of `block`
-    tokens where the CDF crosses the target (float64 sums of the blocks), then the token inside it."""
-    probs = logq.float().exp().cpu()
+def sample_from_logprobs(
+    logq: torch.Tensor, u: torch.Tensor, block: int = 1024, rows_per_chunk: int = 64
+) -> torch.Tensor:
+    """Inverse-CDF draw: the first v with CDF(v) > u * CDF(V), CDF(v) = sum_{v' <= v} exp(log q(v')) in float64 on
+    CPU (so every backend draws alike, with the probabilities log q states to float64 precision). In two levels, so
+    that a 262k-token vocabulary needs no float64 cumulative sum over the whole row: the block of `block` tokens where
+    the CDF crosses the target (float64 block sums), then the token inside it. The two levels round differently from
+    one cumulative sum only where a target lies within float64 rounding (~1e-16 relative) of a CDF value; a target
+    at or past its block's in-block total (such rounding) takes the block's last token of positive probability, never
+    a zero-probability slot (likewise a target at the row's total picks its last block of positive probability).
+    Rows go `rows_per_chunk` at a time, which bounds the float64 copy's memory."""
+    if logq.shape[0] > rows_per_chunk:
+        return torch.cat(
+            [
+                sample_from_logprobs(
+                    logq[i : i + rows_per_chunk], u[i : i + rows_per_chunk], block, rows_per_chunk
+                )
+                for i in range(0, logq.shape[0], rows_per_chunk)
+            ]
+        )
+    probs = logq.detach().to("cpu", torch.float64).exp()
     B, V = probs.shape
     block = min(block, V)  # a small vocabulary: one block, no padding
     nb = -(-V // block)
     if nb * block != V:
         probs = torch.nn.functional.pad(probs, (0, nb * block - V))
     probs = probs.view(B, nb, block)
-    cum_blocks = probs.sum(-1, dtype=torch.float64).cumsum(-1)
+    block_sums = probs.sum(-1)
+    cum_blocks = block_sums.cumsum(-1)
     target = u.to(torch.float64).cpu() * cum_blocks[:, -1]
-    b = torch.searchsorted(cum_blocks, target[:, None], right=True).squeeze(-1).clamp(max=nb - 1)
+    b = torch.searchsorted(cum_blocks, target[:, None], right=True).squeeze(-1)
+    last_positive_block = torch.where(block_sums > 0, torch.arange(nb).expand(B, nb), -1).amax(-1)
+    b = torch.minimum(b, last_positive_block)
     before = torch.where(b > 0, cum_blocks.gather(1, (b - 1).clamp(min=0)[:, None]).squeeze(1), 0.0)
-    inside = probs[torch.arange(B), b].double().cumsum(-1) + before[:, None]
-    j = torch.searchsorted(inside, target[:, None], right=True).squeeze(-1).clamp(max=block - 1)
-    return (b * block + j).clamp(max=V - 1).to(logq.device)
+    in_block = probs[torch.arange(B), b]
+    inside = in_block.cumsum(-1) + before[:, None]
+    j = torch.searchsorted(inside, target[:, None], right=True).squeeze(-1)
+    positions = torch.arange(block).expand(B, block)
+    last_positive = torch.where(in_block > 0, positions, -1).amax(-1)
+    return (b * block + torch.minimum(j, last_positive)).to(logq.device)
 
 
 def check_finite(logits: torch.Tensor) -> None:
