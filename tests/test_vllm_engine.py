@@ -386,29 +386,66 @@ def test_online_teacher_on_vllm(llm, model_dir, tmp_path):
     assert {"teacher/tokens_forwarded", "teacher/samples"} <= logged
 
 
-def test_self_reward_trainer_with_vllm_colocate(model_dir, tmp_path):
-    """TRL's `use_vllm=True, vllm_mode="colocate"` with PowerSelfRewardTrainer runs on CPU: completions come from the
-    in-process vLLM engine TRL builds, the self-reward is logged, the weights move, and after a sync the engine's
-    log-probs of fixed completions equal the trained model's (own process, see the script).
-
-    Tolerance: both are float32 log-softmaxes of the same weights, through different GEMM kernels (oneDNN / sgl on
-    AVX-512 CPUs): |difference| <= 1e-5 nats (7e-7 seen). Power: training moves them by > 1e-2 (asserted; 1.8 seen), so
-    an engine left on the old weights (the silent failure mode of a sync into a `layer.weight` the kernels do not read)
-    fails; the sync failing outright (AttributeError: no `weight_loader`, vLLM's CPU packing) fails the return code."""
+def _run_self_reward_vllm(model_dir: Path, out: Path, *args: str) -> dict:
+    """tests/scripts/self_reward_vllm.py in its own process (TRL's in-process engine and its process group)."""
+    import os
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run(
-        [sys.executable, str(repo / "tests" / "scripts" / "self_reward_vllm.py"), str(model_dir), str(tmp_path)],
+        [sys.executable, str(repo / "tests" / "scripts" / "self_reward_vllm.py"), str(model_dir), str(out), *args],
         capture_output=True, text=True, timeout=600, cwd=repo,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads((tmp_path / "result.json").read_text())
+    return json.loads((out / "result.json").read_text())
+
+
+def _check_partial_sync_fails(result: dict) -> None:
+    """A sync that loads one layer (the final norm) raises, naming layers left without weights, and leaves the
+    engine usable on the weights it had (vLLM alone only logs "Failed to load weights" and keeps them)."""
+    error = result.get("partial_sync_error", "")
+    assert "loaded no weights into" in error and "lm_head" in error and "model.layers.0" in error, error
+    assert np.array_equal(
+        np.concatenate(result["engine_after_partial_sync"]), np.concatenate(result["engine_after"])
+    )
+
+
+def test_self_reward_trainer_with_vllm_colocate(model_dir, tmp_path):
+    """TRL's `use_vllm=True, vllm_mode="colocate"` with PowerSelfRewardTrainer runs on CPU: completions come from the
+    in-process vLLM engine TRL builds, the self-reward is logged, the weights move, and after a sync the engine's
+    log-probs of fixed completions equal the trained model's (own process, see the script); a sync that misses
+    layers is an error.
+
+    Tolerance: both are float32 log-softmaxes of the same weights, through different GEMM kernels (oneDNN / sgl on
+    AVX-512 CPUs): |difference| <= 1e-5 nats (7e-7 seen). Power: training moves them by > 1e-2 (asserted; 1.8 seen), so
+    an engine left on the old weights (the silent failure mode of a sync into a `layer.weight` the kernels do not read)
+    fails; the sync failing outright (AttributeError: no `weight_loader`, vLLM's CPU packing) fails the return code."""
+    result = _run_self_reward_vllm(model_dir, tmp_path)
     assert result["vllm_generate_calls"] >= 2 and result["moved"]
     assert {"self_reward/mean", "total_reward/mean", "reward", "kl"} <= set(result["logged"])
     assert all(x < 0 for x in result["self_reward"])
     after, model = np.concatenate(result["engine_after"]), np.concatenate(result["model_after"])
     moved = np.abs(np.concatenate(result["engine_before"]) - model).max()
     assert np.abs(after - model).max() <= 1e-5 and moved > 1e-2, (after, model, moved)
+    _check_partial_sync_fails(result)
+
+
+def test_self_reward_trainer_with_vllm_colocate_peft(model_dir, tmp_path):
+    """The same with a LoRA adapter on `embed_tokens` and `v_proj`: TRL's sync merges it, loads the merged weights
+    and unmerges it, and the engine's log-probs of fixed completions equal the trained (adapted) model's.
+
+    The embedding is the layer at risk: its vocabulary (5) is padded to 64 in vLLM, so the layerwise reload processes
+    it only at the end of the sync, after the unmerge; it read the tensors it had buffered, TRL's `param.data`, then
+    the base weights again (the engine then equalled the model with its embedding adapter off, to 1e-6). LoRA on
+    `lm_head`, the other padded layer, is refused by TRL's RLOO. Tolerance as above (3e-6 seen). Power: the
+    embedding adapter is trained (its `lora_embedding_A`, zero at the start, is not) and switching it off moves the
+    log-probs by > 0.1 (asserted; 1.0 and 4.4 seen), so an engine on the base embedding fails; `v_proj`, processed
+    as soon as it is loaded, is a control."""
+    result = _run_self_reward_vllm(model_dir, tmp_path, "peft")
+    assert result["vllm_generate_calls"] >= 2 and result["moved"] and result["embed_lora_a"] > 0
+    after, model = np.concatenate(result["engine_after"]), np.concatenate(result["model_after"])
+    base_embedding = np.abs(np.concatenate(result["model_base_embedding"]) - model).max()
+    assert np.abs(after - model).max() <= 1e-5 and base_embedding > 0.1, (after, model, base_embedding)
+    _check_partial_sync_fails(result)

@@ -350,24 +350,84 @@ def check_llm(llm: Any) -> None:
 @contextmanager
 def weights_reloaded_in_place(llm: Any) -> Iterator[None]:
     """Within this block, weights loaded into an in-process `vllm.LLM` (its model's `load_weights`, as TRL's colocate
-    sync calls it one parameter at a time) reach the kernels the engine runs.
+    sync calls it one parameter at a time) reach the kernels the engine runs; every layer of the engine's model must
+    receive its weights (a `RuntimeError` naming the layers that got none is raised at the end of the block).
 
     A plain `load_weights` writes into `layer.weight`, which is what the engine computes with only if the layer kept
     it: vLLM's CPU build packs a linear layer's weights for its oneDNN or sgl GEMM and leaves `layer.weight` empty
     wherever its build supports that kernel on the CPU at hand (the AVX-512 machines of this project: every layer;
-    the AVX2 one: none), and quantized layers keep processed copies too. vLLM's layerwise reload, the mechanism of its own `reload_weights`, handles every such
-    case: it puts each layer back in its checkpoint layout, buffers the tensors loaded into it until the layer is
-    complete, reruns the layer's `process_weights_after_loading` (repacking on CPU) and copies the result into the
-    tensors the engine already holds (so CUDA graphs stay valid). Layers that receive no weights keep theirs."""
+    the AVX2 one: none), and quantized layers keep processed copies too. vLLM's layerwise reload, the mechanism of its
+    own `reload_weights`, handles every such case: it puts each layer back in its checkpoint layout, buffers the
+    tensors loaded into it until the layer is complete, reruns the layer's `process_weights_after_loading` (repacking
+    on CPU) and copies the result into the tensors the engine already holds (so CUDA graphs stay valid).
+
+    Two things the reload does not do, done here:
+
+    - It buffers the caller's tensors themselves, not copies, and a layer whose loaded elements never reach its size
+      (a vocabulary padded to a multiple of 64: the tests' tiny models, GPT-2) or that is attention-like is processed
+      only when the block ends. TRL's PEFT sync hands over `param.data` inside `merge_adapter()` ...
+      `unmerge_adapter()`, so such a layer read the unmerged base weights (an adapter on `embed_tokens` was lost);
+      FSDP and ZeRO-3 free or reuse gathered storage after each parameter too. Every loaded tensor is therefore
+      copied as it is loaded: the reload then owns what it buffers, as when it reads a checkpoint. The copies of
+      layers processed at once are freed at once; the padded embeddings' copies live until the end of the block.
+    - A layer that received no weights keeps its old ones and vLLM only logs "Failed to load weights": the sync
+      would leave the engine silently stale, so it is an error here (after the engine is put back in a usable
+      state). Attention-like layers, which hold no checkpoint weights of a dense model, are not checked, as in vLLM.
+    """
+    from vllm.model_executor.layers.attention import is_deferred_attention_layer
     from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
+    from vllm.model_executor.model_loader.reload.layerwise import get_layerwise_info
 
     runner = llm.llm_engine.model_executor.driver_worker.model_runner
     model = runner.get_model()
+    # TRL calls `model_runner.model.load_weights`: this module's, or through a CUDA-graph wrapper that forwards to it
+    patched = "load_weights" in vars(model)
+    previous = model.load_weights
+
+    def load_copies(weights: Any) -> Any:
+        return previous((name, tensor.detach().clone()) for name, tensor in weights)
+
     initialize_layerwise_reload(model)
+    model.load_weights = load_copies
     try:
         yield
     finally:
+        if patched:
+            model.load_weights = previous
+        else:
+            del model.load_weights  # the class's method again
+        # the layers that got none, read before the finalize resets the reload's per-layer bookkeeping: vLLM's
+        # finalize logs "Failed to load weights" under this condition and puts the layer's old tensors back. It
+        # logs it for rotary embeddings too, whose only tensor is a cache (a non-persistent buffer, in no
+        # checkpoint): only layers with checkpoint tensors (parameters, persistent buffers) are expected to get any
+        missing = [
+            name or type(layer).__name__
+            for name, layer in model.named_modules()
+            if (info := get_layerwise_info(layer)).can_load()
+            and not is_deferred_attention_layer(layer)
+            and info.kernel_tensors is not None
+            and info.load_numel <= 0 < info.load_numel_total
+            and _has_checkpoint_tensors(layer)
+        ]
         finalize_layerwise_reload(model, runner.model_config)
+    if missing:  # only reached when the block itself did not raise
+        raise RuntimeError(
+            f"The weight sync into the vLLM engine loaded no weights into {len(missing)} layer(s), which still hold "
+            f"their old weights: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}. The trained model's "
+            "parameter names must map onto every layer of the engine's model (vLLM's `load_weights`)."
+        )
+
+
+def _has_checkpoint_tensors(layer: Any) -> bool:
+    """Whether a layer (in its checkpoint layout, during a layerwise reload) has tensors a checkpoint holds: its
+    parameters and persistent buffers, less those vLLM never loads (its `SKIP_LOAD_TENSORS`)."""
+    from vllm.model_executor.model_loader.reload.meta import SKIP_LOAD_TENSORS
+
+    names = [n for n, t in layer._parameters.items() if t is not None]
+    names += [
+        n for n, t in layer._buffers.items() if t is not None and n not in layer._non_persistent_buffers_set
+    ]
+    return any(n not in SKIP_LOAD_TENSORS for n in names)
 
 
 def _engine_eos_ids(llm: Any, tokenizer: Any) -> list[int]:

@@ -179,7 +179,9 @@ class PowerSelfRewardTrainer(RLOOTrainer):
         run inside vLLM's layerwise reload (`weights_reloaded_in_place`): TRL loads each parameter into the engine
         model's `layer.weight`, which vLLM's CPU build empties when it packs a layer for its own GEMM kernel (and
         quantized engines keep processed copies), so without the reload the sync fails or leaves the engine on the
-        old weights."""
+        old weights. The reload gets copies of the loaded tensors (with PEFT, TRL unmerges the adapter before the
+        reload processes the padded-vocabulary layers at the end) and fails when a layer of the engine got no
+        weights (vLLM alone would keep its old ones)."""
         from trl_power.sampling.vllm_engine import weights_reloaded_in_place
 
         generation = self.vllm_generation
