@@ -34,6 +34,7 @@ from trl_power.theory import (
     total_variation,
 )
 from trl_power.tiny_models import all_completions, build_model, build_tokenizer
+from trl_power.trainers.distill_trainer import WeightDrawnSampler, _expected_batch_ess
 from trl_power.trainers.utils import CPU_RUN
 
 WORDS = ["a", "b", "c", "q"]
@@ -70,6 +71,7 @@ def distill_args(tmp: Path, **kwargs) -> PowerDistillConfig:
         logging_steps=50,
         **CPU_RUN,
         seed=0,
+        weight_sampling=False,  # the weighted-batch path; tests of weight_sampling (and its default) set it
     )
     return PowerDistillConfig(**{**defaults, **kwargs})
 
@@ -754,8 +756,15 @@ def test_weight_sampling_draws_rows_by_weight_and_keeps_the_expected_loss(tmp_pa
     args = distill_args(tmp_path, per_device_train_batch_size=5, max_steps=1, weight_sampling=True)
     trainer = PowerDistillTrainer(make_base(), args, train_dataset=ds, processing_class=tok)
     trainer.model.train()
+    trainer._counting_training_batch = (
+        True  # what get_batch_samples sets around the count of a training batch
+    )
     sampler = trainer._get_train_sampler()
-    counts = np.bincount([i for _ in range(40) for i in sampler], minlength=len(ds))
+    draws = []
+    for epoch in range(40):  # as the Trainer does before each epoch
+        sampler.set_epoch(epoch)
+        draws += list(sampler)
+    counts = np.bincount(draws, minlength=len(ds))
     expected = counts.sum() * w / w.sum()
     assert stats.chisquare(counts, expected).pvalue > 1e-4
     uniform = np.full(len(ds), counts.sum() / len(ds))
@@ -766,7 +775,8 @@ def test_weight_sampling_draws_rows_by_weight_and_keeps_the_expected_loss(tmp_pa
     nll = -sequence_logprobs(make_base(), [PROMPT] * len(ds), ds["completion_ids"]).double().numpy()
     assert full == pytest.approx(float((w * nll).sum() / (w * lengths).sum()), rel=1e-4)
     losses, loader = [], trainer.get_train_dataloader()  # one loader, as in training: each epoch draws anew
-    for _ in range(40):
+    for epoch in range(40):
+        loader.set_epoch(epoch)
         for raw in loader:
             count = trainer._get_num_items_in_batch([raw], torch.device("cpu"))
             with torch.no_grad():
@@ -785,6 +795,148 @@ def test_weight_sampling_draws_rows_by_weight_and_keeps_the_expected_loss(tmp_pa
             train_dataset=ds.remove_columns("weight"),
             processing_class=tok,
         )
+
+
+def _logged(trainer, key: str = "loss") -> list[float]:
+    return [
+        h[key] for h in trainer.state.log_history if key in h and "step" in h and "train_runtime" not in h
+    ]
+
+
+def test_weight_sampling_defaults_to_on_for_varying_weights_and_says_so(tmp_path, caplog):
+    """weight_sampling=None (the default) turns on for a data set whose weights vary (particle sets), with a log line
+    giving the effective size a weighted batch would have had, and stays off for equal weights, unweighted rows and
+    online mode. Power: the default used to be False, so particle sets trained as weighted batches of effective size
+    ~1-3 (BENCHMARKS.md §9)."""
+    from transformers.utils import logging as hf_logging
+
+    ds = _particles(1)
+    tok = make_tokenizer()
+    hf_logging.enable_propagation()
+    with caplog.at_level("WARNING"):
+        trainer = PowerDistillTrainer(
+            make_base(), distill_args(tmp_path, weight_sampling=None), train_dataset=ds, processing_class=tok
+        )
+    assert trainer.args.weight_sampling is True
+    assert "weight_sampling: on" in caplog.text and "would count as" in caplog.text
+    assert isinstance(trainer._get_train_sampler(), WeightDrawnSampler)
+    equal = ds.map(lambda _: {"weight": 0.5})
+    for data in (equal, ds.remove_columns("weight")):
+        args = distill_args(tmp_path, weight_sampling=None)
+        trainer = PowerDistillTrainer(make_base(), args, train_dataset=data, processing_class=tok)
+        assert trainer.args.weight_sampling is False
+    sampling = PowerSamplingConfig(method="exact", alpha=ALPHA, max_new_tokens=T, num_samples_per_prompt=4)
+    online = PowerDistillTrainer(
+        make_base(),
+        distill_args(tmp_path, sampling_config=sampling, weight_sampling=None),
+        train_dataset=Dataset.from_dict({"prompt": ["q"]}),
+        processing_class=tok,
+    )
+    assert online.args.weight_sampling is False
+    # a batch of every row: (8 + 200)^2 / (8 + 2 * 100^2)
+    assert _expected_batch_ess([1.0] * 8 + [100.0] * 2, 10) == pytest.approx(208**2 / 20008)
+
+
+def test_weight_sampled_steps_divide_by_the_training_divisor_whatever_mode_the_student_is_in(tmp_path):
+    """A weight-sampled training batch of b rows is divided by b * m_w (m_w = sum w_i T_i / sum w_i) on every step:
+    the first one of a student loaded in eval mode (a path given as `model`) and the first one after an evaluation
+    included. The logged losses of a path-loaded student evaluated after every step equal, step for step, those of
+    the same weights starting in train mode with no evaluation, and the first equals the drawn batch's
+    sum NLL_i / (b m_w). Power: the divisor used to follow `model.training`, which the Trainer sets only after it
+    has counted the batch, so those steps were divided by b * m (m = mean w_i T_i) instead: a factor
+    n / sum w = 13.8 too large here (55 rows of 4 SIR runs)."""
+    ds = _particles(1)
+    w = np.asarray(ds["weight"], dtype=np.float64)
+    path = tmp_path / "student"
+    make_base().save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    common = dict(per_device_train_batch_size=8, max_steps=3, learning_rate=1e-2, logging_steps=1)
+    args = distill_args(tmp_path / "a", weight_sampling=True, eval_strategy="steps", eval_steps=1, **common)
+    from_path = PowerDistillTrainer(
+        str(path), args, train_dataset=ds, eval_dataset=ds, processing_class=make_tokenizer()
+    )
+    from_path.train()
+    in_train_mode = make_base().train()
+    args = distill_args(tmp_path / "b", weight_sampling=True, **common)
+    reference = PowerDistillTrainer(in_train_mode, args, train_dataset=ds, processing_class=make_tokenizer())
+    reference.train()
+    assert len(_logged(from_path, "eval_loss")) == 3
+    np.testing.assert_allclose(_logged(from_path), _logged(reference), rtol=1e-4)
+
+    first = list(WeightDrawnSampler(w, len(ds), seed=0))[:8]
+    rows = ds.select(first)
+    nll = -sequence_logprobs(make_base(), [PROMPT] * 8, rows["completion_ids"]).double().numpy()
+    lengths = np.asarray([len(c) for c in ds["completion_ids"]], dtype=np.float64)
+    m_w = float((w * lengths).sum() / w.sum())
+    assert len(ds) / w.sum() > 10  # what the wrong divisor would cost
+    assert _logged(from_path)[0] == pytest.approx(nll.sum() / (8 * m_w), rel=1e-3)
+
+
+def test_weight_sampling_resumed_in_a_later_epoch_draws_what_the_uninterrupted_run_drew(tmp_path):
+    """A weight-sampled run resumed from a checkpoint at the end of epoch 0 draws epoch 1's rows (and logs its losses)
+    as the uninterrupted run did. Power: the sampler's generator used to be seeded once and carried across epochs, so
+    a resumed run started epoch 1 from epoch 0's draws (other rows, other losses)."""
+    ds = _particles(1).select(range(20))
+    common = dict(
+        per_device_train_batch_size=5,
+        num_train_epochs=2,
+        max_steps=-1,
+        learning_rate=1e-2,
+        logging_steps=1,
+        weight_sampling=True,
+    )
+    whole = PowerDistillTrainer(
+        make_base(),
+        distill_args(tmp_path / "whole", **common),
+        train_dataset=ds,
+        processing_class=make_tokenizer(),
+    )
+    whole.train()
+    args = distill_args(tmp_path / "cut", **{**common, "save_strategy": "epoch"})
+    first = PowerDistillTrainer(make_base(), args, train_dataset=ds, processing_class=make_tokenizer())
+    first.train()
+    resumed = PowerDistillTrainer(make_base(), args, train_dataset=ds, processing_class=make_tokenizer())
+    resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-4"))
+    assert (
+        len(_logged(whole)) == 8 and len(_logged(resumed)) == 8
+    )  # the checkpoint's 4 steps, then 4 new ones
+    np.testing.assert_allclose(_logged(resumed)[4:], _logged(whole)[4:], rtol=1e-4)
+    epoch = [list(WeightDrawnSampler(ds["weight"], 20, seed=0)) for _ in range(2)]
+    sampler = WeightDrawnSampler(ds["weight"], 20, seed=0)
+    sampler.set_epoch(1)
+    assert epoch[0] == epoch[1] and list(sampler) != epoch[0]  # an epoch's draws depend on the epoch alone
+
+
+def test_online_first_step_of_a_student_given_as_a_path_is_divided_by_its_rows(tmp_path):
+    """Online mode, non-PEFT student given as a path (eval mode): the first step's divisor is b * m with m the running
+    mean of w_i T_i, which includes the first batch, so the first loss is a per-token NLL (the same as for the same
+    weights starting in train mode). Power: the running mean used to be updated only for a model in train mode, so
+    the first step was divided by 1e-12 (a loss of ~1e12)."""
+    path = tmp_path / "student"
+    make_base().save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    sampling = PowerSamplingConfig(
+        method="exact", alpha=ALPHA, max_new_tokens=T, num_samples_per_prompt=16, seed=3
+    )
+    common = dict(sampling_config=sampling, max_steps=2, per_device_train_batch_size=1, logging_steps=1)
+    prompts = Dataset.from_dict({"prompt": ["q"]})
+    from_path = PowerDistillTrainer(
+        str(path),
+        distill_args(tmp_path / "a", **common),
+        train_dataset=prompts,
+        processing_class=make_tokenizer(),
+    )
+    from_path.train()
+    reference = PowerDistillTrainer(
+        make_base().train(),
+        distill_args(tmp_path / "b", **common),
+        train_dataset=prompts,
+        processing_class=make_tokenizer(),
+    )
+    reference.train()
+    losses = _logged(from_path)
+    assert 0 < losses[0] < math.log(5) * 4  # a per-token NLL of a 5-token model, not a loss divided by 1e-12
+    np.testing.assert_allclose(losses, _logged(reference), rtol=1e-4)
 
 
 def test_eos_of_a_model_given_as_a_path_counts_as_finished(tmp_path):

@@ -41,6 +41,7 @@ def args(out: Path, **kwargs) -> PowerDistillConfig:
         logging_steps=1,
         **CPU_RUN,
         finished_only=False,  # the rows are particles weighted for the truncated target
+        weight_sampling=False,  # the weighted-batch step is what is compared
         seed=0,
     )
     return PowerDistillConfig(**{**defaults, **kwargs})

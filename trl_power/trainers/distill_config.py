@@ -71,14 +71,17 @@ class PowerDistillConfig(VLLMArguments, SFTConfig):
             the global batch's mean. Online, and for an `IterableDataset`, m is the running mean over the teacher rows
             seen so far (it settles to a constant). `"batch_tokens"`: SFTTrainer's rule, the batch's own weighted token
             count sum_{i in B} w_i T_i (biased at small batches; at batch 1 the weights cancel).
-        weight_sampling (`bool`, *optional*, defaults to `False`):
+        weight_sampling (`bool`, *optional*):
             Offline weighted rows (a `weight` column, a map-style data set): draw the training rows with replacement
             with probability w_i / sum_j w_j and train them unweighted, divided by the batch's rows times the
             weighted mean length m_w = sum_i w_i T_i / sum_i w_i. The expected batch loss is the same
             sum_i w_i NLL_i / sum_i w_i T_i as with weighted batches, but every row of a batch counts fully: with
             weights as uneven as merged SMC particles (a prompt's mode weighs ~100x its rare answers) a weighted
             batch of 16 rows has an effective size of 1-3, a weight-sampled one of 16. An epoch draws as many rows
-            as the data set has.
+            as the data set has; epoch e's draws depend on (`data_seed` or `seed`, e) alone, so a resumed run draws
+            what the uninterrupted one did. `None` (default): on when the train data set's weights vary (particle
+            sets; the trainer logs it with the effective size a weighted batch would have had), off otherwise
+            (unweighted or equally weighted rows, online mode, iterable data). `False`: weighted batches.
         alpha (`float`, *optional*):
             The power of the teacher data, recorded in the model card. Read from `sampling_config` (online) or from
             the data set metadata written by `generate_power_dataset` when not given; giving a different value than
@@ -131,11 +134,12 @@ class PowerDistillConfig(VLLMArguments, SFTConfig):
             "choices": ["dataset_mean", "batch_tokens"],
         },
     )
-    weight_sampling: bool = field(
-        default=False,
+    weight_sampling: bool | None = field(
+        default=None,
         metadata={
             "help": "Weighted rows: draw rows with probability proportional to their weight and train them "
-            "unweighted (the same expected loss, every row of a batch counting fully)."
+            "unweighted (the same expected loss, every row of a batch counting fully). Default: on when the "
+            "weights vary, off otherwise; False: weighted batches."
         },
     )
     alpha: float | None = field(

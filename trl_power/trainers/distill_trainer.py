@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from accelerate.utils import is_peft_model
 from transformers import TrainingArguments
+from transformers.utils import logging
 from trl import SFTTrainer
 from trl.data_utils import get_dataset_column_names
 from trl.trainer.utils import get_config_model_id
@@ -45,6 +46,8 @@ from trl_power.teacher import teacher_rows, training_example
 from trl_power.theory import effective_sample_size
 from trl_power.trainers.distill_config import PowerDistillConfig
 from trl_power.trainers.utils import POWER_PAPER, check_private_hooks
+
+logger = logging.get_logger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset, IterableDataset
@@ -69,6 +72,30 @@ class _DistillCollator:
         if weights is not None:
             batch["weight"] = torch.tensor(weights, dtype=torch.float32)
         return batch
+
+
+class WeightDrawnSampler(torch.utils.data.Sampler[int]):
+    """`num_samples` row indices drawn with replacement with probability w_i / sum_j w_j (`weight_sampling`). Epoch e
+    draws from a generator seeded by (seed, e) alone, so a run resumed in epoch e draws the rows the uninterrupted run
+    drew there (the Trainer calls `set_epoch` before each epoch; a generator carried across epochs would restart at
+    epoch 0's draws on resume)."""
+
+    def __init__(self, weights: Any, num_samples: int, seed: int):
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
+        draws = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator)
+        yield from draws.tolist()
 
 
 def validate_teacher_dataset(
@@ -162,6 +189,14 @@ def _has_varying_weights(dataset: Any) -> bool:
     if not isinstance(dataset, Dataset) or "weight" not in dataset.column_names:
         return False
     return len(set(dataset["weight"])) > 1
+
+
+def _expected_batch_ess(weights: Any, batch_size: int, draws: int = 200, seed: int = 0) -> float:
+    """The mean effective sample size (sum w)^2 / sum w^2 of random batches of `batch_size` rows (Monte Carlo)."""
+    w = np.asarray(weights, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    b = min(batch_size, w.size)
+    return float(np.mean([effective_sample_size(rng.choice(w, b, replace=False)) for _ in range(draws)]))
 
 
 def _is_empty_completion(value: Any) -> bool:
@@ -298,6 +333,17 @@ class PowerDistillTrainer(SFTTrainer):
             self._particle_weights = _has_varying_weights(train_dataset)
         if self._weighted:
             args.check_weighted_loss_settings()
+        if args.weight_sampling is None:  # the default: decided by the data's weights
+            args.weight_sampling = self._particle_weights and not self._online
+            if args.weight_sampling:
+                logger.warning(
+                    "weight_sampling: on. The 'weight' column of the train data set varies (particle weights); a "
+                    "random batch of %d rows would count as %.1f rows (its mean effective sample size), so rows are "
+                    "drawn with probability proportional to their weight and trained unweighted (the same expected "
+                    "loss). Set weight_sampling=False for weighted batches.",
+                    args.per_device_train_batch_size,
+                    _expected_batch_ess(train_dataset["weight"], args.per_device_train_batch_size),
+                )
         if args.weight_sampling and (
             self._online or not self._weighted or not hasattr(train_dataset, "__len__")
         ):
@@ -326,6 +372,7 @@ class PowerDistillTrainer(SFTTrainer):
         )
         self.data_collator = _DistillCollator(self.data_collator)
         self._weighted_tokens_sum, self._rows_seen = 0.0, 0
+        self._counting_training_batch = False
         self._fixed_mean_weighted_tokens = self._dataset_mean_weighted_tokens(self.train_dataset)
         # weight_sampling: rows drawn with probability w_i / sum w train unweighted; the divisor's mean length is then
         # m_w = sum_i w_i T_i / sum_i w_i = m * n / sum_i w_i.
@@ -489,20 +536,14 @@ class PowerDistillTrainer(SFTTrainer):
         if not self.args.weight_sampling:
             return super()._get_train_sampler(train_dataset)
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        generator = torch.Generator().manual_seed(
-            self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        )
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         # The same seed on every process: each draws the same row sequence, which Accelerate shards.
-        return torch.utils.data.WeightedRandomSampler(
-            torch.as_tensor(dataset["weight"], dtype=torch.float64),
-            len(dataset),
-            replacement=True,
-            generator=generator,
-        )
+        return WeightDrawnSampler(dataset["weight"], len(dataset), seed)
 
-    def _weights_sampled(self) -> bool:
-        """Training batches whose rows were drawn by weight (`weight_sampling`): they count with weight 1."""
-        return self.args.weight_sampling and self.model.training
+    def _weights_sampled(self, training: bool) -> bool:
+        """Training batches whose rows were drawn by weight (`weight_sampling`): they count with weight 1. Evaluation
+        batches keep their weights."""
+        return self.args.weight_sampling and training
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -512,10 +553,18 @@ class PowerDistillTrainer(SFTTrainer):
     # ----- online teacher ----------------------------------------------------------------------------------------------
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if batch_samples and isinstance(batch_samples[0], list):  # online: prompt rows -> teacher batches
-            batch_samples = self._teacher_batches(batch_samples)
-            num_items_in_batch = self._get_num_items_in_batch(batch_samples, device)
+        # Training batches only (evaluation counts its items in `prediction_step`). The Trainer calls this before
+        # `training_step` puts the model in train mode, so `model.training` cannot tell the divisor which kind of
+        # batch it counts: a student loaded in eval mode, or the first step after an evaluation, would get the
+        # evaluation divisor. The flag says it instead.
+        self._counting_training_batch = True
+        try:
+            batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+            if batch_samples and isinstance(batch_samples[0], list):  # online: prompt rows -> teacher batches
+                batch_samples = self._teacher_batches(batch_samples)
+                num_items_in_batch = self._get_num_items_in_batch(batch_samples, device)
+        finally:
+            self._counting_training_batch = False
         return batch_samples, num_items_in_batch
 
     def _teacher_batches(self, raw_batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -587,18 +636,21 @@ class PowerDistillTrainer(SFTTrainer):
 
     # ----- loss ------------------------------------------------------------------------------------------------------
 
-    def _loss_tokens_and_weights(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T_i, w_i) of each row of a collated batch: completion tokens that carry loss, and the weight (1 if none)."""
+    def _loss_tokens_and_weights(
+        self, batch: dict[str, torch.Tensor], training: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T_i, w_i) of each row of a collated batch: completion tokens that carry loss, and the weight (1 if none,
+        or if the rows of this training batch were drawn by weight)."""
         labels = batch["labels"]
         tokens = (labels[:, 1:] != -100).sum(1).float()
-        weighted = "weight" in batch and not self._weights_sampled()
+        weighted = "weight" in batch and not self._weights_sampled(training)
         weights = batch["weight"].float() if weighted else torch.ones_like(tokens)
         return tokens, weights
 
     def _observe_weighted_tokens(self, batches: list[dict[str, torch.Tensor]]) -> None:
         """Online / iterable data: the running mean of w_i T_i over the rows seen so far."""
         for batch in batches:
-            tokens, weights = self._loss_tokens_and_weights(batch)
+            tokens, weights = self._loss_tokens_and_weights(batch, training=True)
             self._weighted_tokens_sum += float((tokens * weights).sum())
             self._rows_seen += len(tokens)
 
@@ -615,12 +667,13 @@ class PowerDistillTrainer(SFTTrainer):
         num_items_in_batch = super()._get_num_items_in_batch(batch_samples, device)
         if num_items_in_batch is None or not batch_samples:
             return num_items_in_batch
-        if self.model.training and self._fixed_mean_weighted_tokens is None:
+        training = self._counting_training_batch
+        if training and self._fixed_mean_weighted_tokens is None:
             self._observe_weighted_tokens(batch_samples)
-        rows = [self._loss_tokens_and_weights(b) for b in batch_samples]
+        rows = [self._loss_tokens_and_weights(b, training) for b in batch_samples]
         if self.args.loss_normalizer == "dataset_mean":
             mean = self.mean_weighted_tokens * (
-                self._sampled_length_scale if self._weights_sampled() else 1.0
+                self._sampled_length_scale if self._weights_sampled(training) else 1.0
             )
             local = torch.tensor(sum(len(t) for t, _ in rows) * mean, device=device)
         else:
@@ -636,11 +689,13 @@ class PowerDistillTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "weight" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        weight = torch.ones_like(inputs["weight"]) if self._weights_sampled() else inputs["weight"]
+        # compute_loss runs after training_step's model.train() (or in evaluation, in eval mode): the mode is right
+        training = model.training
+        weight = torch.ones_like(inputs["weight"]) if self._weights_sampled(training) else inputs["weight"]
         inputs = {k: v for k, v in inputs.items() if k != "weight"}
         # Weighted NLL. SFTTrainer's loss is sum(-log p) / token count with no per-sequence factor to hook into, so
         # the weighted case runs the same fused forward and reduction here, with w_i on each sequence's tokens.
-        mode = "train" if self.model.training else "eval"
+        mode = "train" if training else "eval"
         inputs["use_cache"] = False
         outputs = model(**inputs, fused_lm_head=True)
         w = weight.to(outputs.log_probs.device, outputs.log_probs.dtype)[:, None]
@@ -654,7 +709,7 @@ class PowerDistillTrainer(SFTTrainer):
             divisor = (
                 w.numel()
                 * self.mean_weighted_tokens
-                * (self._sampled_length_scale if self._weights_sampled() else 1.0)
+                * (self._sampled_length_scale if self._weights_sampled(training) else 1.0)
             )
         else:
             divisor = (mask * w).sum()
