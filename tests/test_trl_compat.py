@@ -16,6 +16,7 @@ says what to use instead (docs/self_reward.md lists it).
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 import torch
@@ -116,12 +117,21 @@ def rloo_args(tmp_path, **kwargs) -> PowerSelfRewardConfig:
     return PowerSelfRewardConfig(**{**defaults, **kwargs})
 
 
-def test_init_minimal(hub):
-    PowerSelfRewardTrainer(
+def test_init_minimal(hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # args=None: the default output_dir is made in the working directory
+    trainer = PowerSelfRewardTrainer(
         model=hub["causal_lm"],
         reward_funcs=hub["tiny-SequenceClassification"],
         train_dataset=zen("standard_prompt_only")["train"],
     )
+    # not TRL's (its test asserts nothing): what the trainer built from ids alone
+    assert isinstance(trainer.args, PowerSelfRewardConfig)
+    assert trainer.args.output_dir == "tiny-CausalLM-PowerSelfReward"
+    assert (trainer.args.alpha, trainer.args.beta) == (4.0, pytest.approx(1 / 3))
+    assert type(trainer.model).__name__ == "LlamaForCausalLM"
+    assert trainer.model.config._name_or_path == hub["causal_lm"]
+    assert [type(f).__name__ for f in trainer.reward_funcs] == ["LlamaForSequenceClassification"]
+    assert trainer.num_true_rewards == 1
 
 
 @pytest.mark.parametrize("config_name", ["standard_prompt_only", "conversational_prompt_only"])
@@ -148,6 +158,11 @@ def test_train_with_eval(hub, tmp_path):
         eval_dataset=dataset["test"],
     )
     trainer.train()
+    # not TRL's (its test asserts nothing): the evaluation ran every 2 steps and logged its loss
+    evaluations = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert [h["step"] for h in evaluations] == list(range(2, trainer.state.global_step + 1, 2))
+    assert len(evaluations) >= 2
+    assert all(math.isfinite(h["eval_loss"]) for h in evaluations)
 
 
 def test_train_peft_config(hub, tmp_path):
