@@ -939,6 +939,104 @@ def test_online_first_step_of_a_student_given_as_a_path_is_divided_by_its_rows(t
     np.testing.assert_allclose(losses, _logged(reference), rtol=1e-4)
 
 
+def _merged(ds: Dataset) -> Dataset:
+    """One row per distinct completion with the summed weight: the same weighted distribution, another mean w_i T_i."""
+    total: dict[tuple, float] = {}
+    for c, w in zip(ds["completion_ids"], ds["weight"]):
+        total[tuple(c)] = total.get(tuple(c), 0.0) + w
+    return Dataset.from_dict(
+        {
+            "prompt_ids": [PROMPT] * len(total),
+            "completion_ids": [list(c) for c in total],
+            "weight": list(total.values()),
+        }
+    )
+
+
+def test_eval_loss_is_the_weighted_loss_of_the_evaluated_set(tmp_path):
+    """The evaluation loss of a weighted data set is its own L = sum w_i NLL_i / sum w_i T_i, whichever data set
+    the trainer trains on: the particles and the same particles merged (other rows, the same L) evaluate alike, from
+    a student trained on either. Power: evaluation batches used to be divided by b * m of the *training* set, so a
+    held-out set came out scaled by m_eval / m_train (5.5x and 0.18x for these two sets)."""
+    particles = _particles(1)
+    merged = _merged(particles)
+    w = np.asarray(particles["weight"], dtype=np.float64)
+    lengths = np.asarray([len(c) for c in particles["completion_ids"]], dtype=np.float64)
+    nll = (
+        -sequence_logprobs(make_base(), [PROMPT] * len(particles), particles["completion_ids"])
+        .double()
+        .numpy()
+    )
+    loss = float((w * nll).sum() / (w * lengths).sum())
+    for train in (particles, merged):
+        trainer = PowerDistillTrainer(
+            make_base(),
+            distill_args(tmp_path, max_steps=1),
+            train_dataset=train,
+            processing_class=make_tokenizer(),
+        )
+        for evaluated in (particles, merged):
+            assert trainer.evaluate(evaluated)["eval_loss"] == pytest.approx(loss, rel=1e-4)
+
+
+def test_padding_free_unweighted_rows_keep_the_per_token_loss(tmp_path):
+    """Unweighted rows with `padding_free` (one packed sequence per batch) are divided by their token count, as
+    without it. Power: the dataset_mean divisor counted the packed batch as one row, b * m became 1 * m, and the
+    loss was ~b times the per-token loss (14.5 instead of 1.8 at b = 8)."""
+    rows = _particles(1).remove_columns("weight").select(range(8))
+    losses = []
+    for padding_free in (False, True):
+        args = distill_args(
+            tmp_path, per_device_train_batch_size=8, padding_free=padding_free, max_length=None, max_steps=1
+        )
+        trainer = PowerDistillTrainer(
+            make_base(), args, train_dataset=rows, processing_class=make_tokenizer()
+        )
+        (raw,) = list(trainer.get_train_dataloader())
+        trainer._counting_training_batch = True
+        count = trainer._get_num_items_in_batch([raw], torch.device("cpu"))
+        with torch.no_grad():
+            inputs = trainer._prepare_inputs(raw)
+            losses.append(float(trainer.compute_loss(trainer.model, inputs, num_items_in_batch=count)))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_teacher_rows_of_ids_alone_train_on_the_completion_only(tmp_path):
+    """A data set with `prompt_ids` / `completion_ids` and no text columns: the prompt tokens carry no loss. Power:
+    SFT decides completion-only loss from `prompt` / `completion` text columns, so such rows trained on the prompt
+    too (labels [4, 1, 2, 4, 0] instead of [-100, -100, -100, -100, 0] here)."""
+    ds = Dataset.from_dict({"prompt_ids": [[4, 1, 2, 4]], "completion_ids": [[0]]})
+    trainer = PowerDistillTrainer(
+        make_base(), distill_args(tmp_path, max_steps=1), train_dataset=ds, processing_class=make_tokenizer()
+    )
+    (batch,) = list(trainer.get_train_dataloader())
+    assert batch["labels"].tolist() == [[-100, -100, -100, -100, 0]]
+
+
+def test_online_running_mean_is_kept_for_a_model_that_takes_no_loss_kwargs(tmp_path):
+    """A model class that takes no loss kwargs (transformers then passes no item count): the online running mean of
+    w_i T_i is still updated and each step divided by b * m, the same loss as a model that takes them. Power: the
+    mean was only updated when the parent returned a count, so such models stayed at m = 0 and silently trained with
+    the per-batch divisor."""
+    sampling = PowerSamplingConfig(
+        method="exact", alpha=ALPHA, max_new_tokens=T, num_samples_per_prompt=16, seed=3
+    )
+    common = dict(sampling_config=sampling, max_steps=2, per_device_train_batch_size=1, logging_steps=1)
+    losses = []
+    for accepts in (True, False):
+        trainer = PowerDistillTrainer(
+            make_base().train(),
+            distill_args(tmp_path / str(accepts), **common),
+            train_dataset=Dataset.from_dict({"prompt": ["q"]}),
+            processing_class=make_tokenizer(),
+        )
+        trainer.model_accepts_loss_kwargs = accepts
+        trainer.train()
+        assert trainer._rows_seen > 0 and trainer.mean_weighted_tokens > 0
+        losses.append(_logged(trainer))
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+
+
 def test_eos_of_a_model_given_as_a_path_counts_as_finished(tmp_path):
     """A model given by path: the EOS ids of its generation config (here 0 and "c" = 3) decide which rows without a
     `finished` column are finished answers. Power: the trainer used to know the tokenizer's EOS only when given a

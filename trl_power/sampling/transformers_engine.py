@@ -53,16 +53,19 @@ def sample_from_logprobs(
     one cumulative sum only where a target lies within float64 rounding (~1e-16 relative) of a CDF value; a target
     at or past its block's in-block total (such rounding) takes the block's last token of positive probability, never
     a zero-probability slot (likewise a target at the row's total picks its last block of positive probability).
-    Rows go `rows_per_chunk` at a time, which bounds the float64 copy's memory."""
+    Rows go `rows_per_chunk` at a time, which bounds the float64 copy's memory.
+
+    Returns (token, log Z) per row, log Z = log sum_v exp(log q(v)) in float64: token v is drawn with probability
+    exp(log q(v) - log Z) exactly, which is what the caller must use as its proposal probability (a float32
+    log-softmax does not sum to 1 exactly: see `sample_step`)."""
     if logq.shape[0] > rows_per_chunk:
-        return torch.cat(
-            [
-                sample_from_logprobs(
-                    logq[i : i + rows_per_chunk], u[i : i + rows_per_chunk], block, rows_per_chunk
-                )
-                for i in range(0, logq.shape[0], rows_per_chunk)
-            ]
-        )
+        chunks = [
+            sample_from_logprobs(
+                logq[i : i + rows_per_chunk], u[i : i + rows_per_chunk], block, rows_per_chunk
+            )
+            for i in range(0, logq.shape[0], rows_per_chunk)
+        ]
+        return torch.cat([t for t, _ in chunks]), torch.cat([z for _, z in chunks])
     probs = logq.detach().to("cpu", torch.float64).exp()
     B, V = probs.shape
     block = min(block, V)  # a small vocabulary: one block, no padding
@@ -82,7 +85,8 @@ def sample_from_logprobs(
     j = torch.searchsorted(inside, target[:, None], right=True).squeeze(-1)
     positions = torch.arange(block).expand(B, block)
     last_positive = torch.where(in_block > 0, positions, -1).amax(-1)
-    return (b * block + torch.minimum(j, last_positive)).to(logq.device)
+    token = (b * block + torch.minimum(j, last_positive)).to(logq.device)
+    return token, cum_blocks[:, -1].log().to(logq.device)
 
 
 def check_finite(logits: torch.Tensor) -> None:
@@ -304,11 +308,17 @@ def sample_step(
     logp = torch.log_softmax(logits, -1)
     plain = temperature == 1.0 and top_k is None and top_p is None
     logq = logp if plain else proposal_logprobs(logits, temperature, top_k, top_p)
-    token = sample_from_logprobs(logq, rng.uniforms(active, rows))
+    token, log_z_q = sample_from_logprobs(logq, rng.uniforms(active, rows))
     token = torch.where(active, token, state.pending)
     state.pending = token
     ent = -(logp.exp() * logp).sum(-1) if entropy else None
-    return token, logp.gather(1, token[:, None]).squeeze(1), logq.gather(1, token[:, None]).squeeze(1), ent
+    # torch's float32 log_softmax on CPU does not sum to 1 exactly (its row sums are off by ~1e-5 on a 262k-token
+    # vocabulary, the same way every row): uncorrected, log p and log q of every token would carry that offset, and
+    # a weight p^alpha / q a per-token (alpha - 1) * offset, a tilt in the answers' length. Each is renormalised:
+    # log q by the draw's own float64 total, log p (when it is another distribution) by logsumexp, which is exact.
+    lq = logq.gather(1, token[:, None]).squeeze(1) - log_z_q.to(logq.dtype)
+    lp = lq if plain else logp.gather(1, token[:, None]).squeeze(1) - torch.logsumexp(logp, -1)
+    return token, lp, lq, ent
 
 
 def decode(
@@ -438,7 +448,9 @@ class TransformersEngine:
             self.model
         )  # feeds every row's pending token: the cache now holds whole sequences
         self.counter.decode_tokens += state.batch_size
-        logp = torch.log_softmax(logits, -1)
+        logp = logits - torch.logsumexp(
+            logits, -1, keepdim=True
+        )  # exact, unlike CPU log_softmax (sample_step)
         top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
         k = top.indices.shape[1]
         parents = torch.arange(state.batch_size, device=logp.device).repeat_interleave(k)

@@ -93,9 +93,10 @@ class WeightDrawnSampler(torch.utils.data.Sampler[int]):
         return self.num_samples
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
-        draws = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator)
-        yield from draws.tolist()
+        # numpy rather than torch.multinomial, which refuses more than 2^24 categories (rows)
+        rng = np.random.default_rng(derived_seed(self.seed, self.epoch))
+        p = self.weights.numpy() / self.weights.sum().item()
+        yield from rng.choice(len(p), self.num_samples, p=p).tolist()
 
 
 def validate_teacher_dataset(
@@ -245,6 +246,8 @@ def _as_distill_config(args: Any, model: Any) -> PowerDistillConfig:
             f"PowerDistillTrainer needs a PowerDistillConfig (or an SFTConfig / TrainingArguments to convert), got "
             f"{type(args).__name__}."
         )
+    else:  # the trainer settles defaults that depend on the data (weight_sampling, ...) on its own copy
+        args = copy.copy(args)
     return args
 
 
@@ -351,6 +354,16 @@ class PowerDistillTrainer(SFTTrainer):
                 "weight_sampling draws the rows of a map-style data set with a `weight` column by their weights; this "
                 "train data set is " + ("sampled online." if self._online else "unweighted or iterable.")
             )
+        columns = get_dataset_column_names(train_dataset)
+        if (
+            args.completion_only_loss is None
+            and args.use_sampled_ids
+            and {"prompt_ids", "completion_ids"} <= set(columns)
+            and "input_ids" not in columns
+        ):
+            # teacher rows as exact ids: the loss is on the completion (SFT decides it from `prompt` / `completion`
+            # text columns, which a data set of ids alone lacks, and would train on the prompt tokens too)
+            args.completion_only_loss = True
         self._init_teacher(model, teacher_model, peft_config, args)
 
         super().__init__(
@@ -373,7 +386,11 @@ class PowerDistillTrainer(SFTTrainer):
         self.data_collator = _DistillCollator(self.data_collator)
         self._weighted_tokens_sum, self._rows_seen = 0.0, 0
         self._counting_training_batch = False
-        self._fixed_mean_weighted_tokens = self._dataset_mean_weighted_tokens(self.train_dataset)
+        self._weight_drawn_sampler: WeightDrawnSampler | None = None
+        self._fixed_mean_weighted_tokens = (
+            None if self._online else self._dataset_mean_weighted_tokens(self.train_dataset)
+        )
+        self._eval_mean_weighted_tokens: float | None = None  # m of the data set being evaluated
         # weight_sampling: rows drawn with probability w_i / sum w train unweighted; the divisor's mean length is then
         # m_w = sum_i w_i T_i / sum_i w_i = m * n / sum_i w_i.
         self._sampled_length_scale = (
@@ -523,10 +540,10 @@ class PowerDistillTrainer(SFTTrainer):
         return dataset
 
     def _dataset_mean_weighted_tokens(self, dataset: Any) -> float | None:
-        """m = (1/n) sum_i w_i T_i of a prepared map-style data set (None for online or iterable data)."""
+        """m = (1/n) sum_i w_i T_i of a prepared map-style data set (None for iterable data or prompt rows)."""
         from datasets import Dataset
 
-        if self._online or not isinstance(dataset, Dataset):
+        if not isinstance(dataset, Dataset) or "labels" not in dataset.column_names or len(dataset) == 0:
             return None
         weights = dataset["weight"] if "weight" in dataset.column_names else [1.0] * len(dataset)
         tokens = [sum(label != -100 for label in labels[1:]) for labels in dataset["labels"]]
@@ -538,7 +555,8 @@ class PowerDistillTrainer(SFTTrainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         # The same seed on every process: each draws the same row sequence, which Accelerate shards.
-        return WeightDrawnSampler(dataset["weight"], len(dataset), seed)
+        self._weight_drawn_sampler = WeightDrawnSampler(dataset["weight"], len(dataset), seed)
+        return self._weight_drawn_sampler
 
     def _weights_sampled(self, training: bool) -> bool:
         """Training batches whose rows were drawn by weight (`weight_sampling`): they count with weight 1. Evaluation
@@ -665,11 +683,16 @@ class PowerDistillTrainer(SFTTrainer):
         # The loss divisor of the accumulated batch (summed over processes when the parent does), see
         # `PowerDistillConfig.loss_normalizer`: b * m ("dataset_mean") or sum_i w_i T_i ("batch_tokens").
         num_items_in_batch = super()._get_num_items_in_batch(batch_samples, device)
-        if num_items_in_batch is None or not batch_samples:
-            return num_items_in_batch
+        if not batch_samples or not isinstance(batch_samples[0], dict) or "labels" not in batch_samples[0]:
+            return num_items_in_batch  # online prompt rows, before their teacher samples are drawn
         training = self._counting_training_batch
         if training and self._fixed_mean_weighted_tokens is None:
+            # observed whatever the parent returns: for a model that takes no loss kwargs it returns None and
+            # compute_loss divides by b * m with this running m
             self._observe_weighted_tokens(batch_samples)
+        if num_items_in_batch is None or self.args.packing or self.args.padding_free:
+            # packed / padding-free rows (unweighted data only) are one sequence per batch: SFT's token count
+            return num_items_in_batch
         rows = [self._loss_tokens_and_weights(b, training) for b in batch_samples]
         if self.args.loss_normalizer == "dataset_mean":
             mean = self.mean_weighted_tokens * (
@@ -679,6 +702,23 @@ class PowerDistillTrainer(SFTTrainer):
         else:
             local = sum((t * w).sum() for t, w in rows).to(device)
         return self._as_parent_divisor(local)
+
+    def evaluation_loop(self, dataloader, *args, **kwargs):
+        # the mean weighted length of the data set this loop evaluates (the divisor of its batches, compute_loss)
+        self._eval_mean_weighted_tokens = self._dataset_mean_weighted_tokens(
+            getattr(dataloader, "dataset", None)
+        )
+        try:
+            return super().evaluation_loop(dataloader, *args, **kwargs)
+        finally:
+            self._eval_mean_weighted_tokens = None
+
+    def _run_epoch(self, *args, epoch: int, **kwargs):
+        # Epoch e's weight-sampled rows are drawn from (seed, e): set here, for every loader nesting (accelerate's
+        # set_epoch does not reach the sampler under the batch skipper of a resumed multi-process run)
+        if self._weight_drawn_sampler is not None:
+            self._weight_drawn_sampler.set_epoch(epoch)
+        return super()._run_epoch(*args, epoch=epoch, **kwargs)
 
     def _as_parent_divisor(self, local: torch.Tensor) -> torch.Tensor:
         """A local divisor summed over processes and split over non-data-parallel ranks as the parent does."""
@@ -705,7 +745,11 @@ class PowerDistillTrainer(SFTTrainer):
         mask = outputs.label_mask
         if num_items_in_batch is not None:
             divisor = num_items_in_batch
-        elif self.args.loss_normalizer == "dataset_mean" and self.mean_weighted_tokens > 0:
+        elif self.args.loss_normalizer == "dataset_mean" and not training and self._eval_mean_weighted_tokens:
+            # SFT's prediction_step passes no count: an evaluation batch is divided by b * m_eval, m_eval the mean
+            # w_i T_i of the data set evaluated, so that the evaluation's mean loss is its L
+            divisor = w.numel() * self._eval_mean_weighted_tokens
+        elif self.args.loss_normalizer == "dataset_mean" and training and self.mean_weighted_tokens > 0:
             divisor = (
                 w.numel()
                 * self.mean_weighted_tokens

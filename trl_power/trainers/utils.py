@@ -77,6 +77,8 @@ PRIVATE_HOOKS: dict[str, dict[str, tuple[str, ...]]] = {
         "_get_train_sampler": ("train_dataset",),
         # transformers' Trainer: the weighted loss's divisor (the data set's mean weighted length)
         "_get_num_items_in_batch": ("batch_samples", "device"),
+        # transformers' Trainer: the epoch of the weight-sampled rows' draws
+        "_run_epoch": ("model", "epoch"),
     },
 }
 
