@@ -837,6 +837,26 @@ def test_weight_sampling_defaults_to_on_for_varying_weights_and_says_so(tmp_path
     assert _expected_batch_ess([1.0] * 8 + [100.0] * 2, 10) == pytest.approx(208**2 / 20008)
 
 
+def test_learning_rate_defaults_by_the_kind_of_student_and_the_callers_config_is_left_as_it_was(tmp_path):
+    """learning_rate=None (the default): 2e-4 for a PEFT student, 2e-5 (SFT's) for a full fine-tune, settled on the
+    trainer's copy of the config, which also settles weight_sampling; the caller's config keeps None for both (one
+    config can serve other trainers and data)."""
+    ds = _particles(1)
+    args = distill_args(tmp_path, learning_rate=None, weight_sampling=None)
+    peft = PowerDistillTrainer(
+        make_base(), args, train_dataset=ds, processing_class=make_tokenizer(), peft_config=lora()
+    )
+    full = PowerDistillTrainer(make_base(), args, train_dataset=ds, processing_class=make_tokenizer())
+    assert (peft.args.learning_rate, full.args.learning_rate) == (2e-4, 2e-5)
+    assert peft.create_optimizer().param_groups[0]["lr"] == 2e-4
+    assert peft.args.weight_sampling is True
+    assert args.learning_rate is None and args.weight_sampling is None
+    unweighted = PowerDistillTrainer(
+        make_base(), args, train_dataset=ds.remove_columns("weight"), processing_class=make_tokenizer()
+    )
+    assert unweighted.args.weight_sampling is False
+
+
 def test_weight_sampled_steps_divide_by_the_training_divisor_whatever_mode_the_student_is_in(tmp_path):
     """A weight-sampled training batch of b rows is divided by b * m_w (m_w = sum w_i T_i / sum w_i) on every step:
     the first one of a student loaded in eval mode (a path given as `model`) and the first one after an evaluation

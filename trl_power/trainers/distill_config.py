@@ -23,9 +23,14 @@ class PowerDistillConfig(VLLMArguments, SFTConfig):
     Configuration class for the [`PowerDistillTrainer`].
 
     Only the parameters specific to power self-distillation are listed; every [`~trl.SFTConfig`] parameter (data
-    handling, `completion_only_loss`, `packing` (off by default), `max_length`, `peft`...) passes through unchanged,
-    except `bf16`: as TRL it defaults to `True`, but to `False` on a machine without a bf16-capable accelerator (where
-    transformers would refuse the config unless `use_cpu=True`).
+    handling, `completion_only_loss`, `packing` (off by default), `max_length`, `num_train_epochs` (3),
+    `lr_scheduler_type` (linear), `peft`...) passes through unchanged, except two defaults:
+
+    - `learning_rate` (`float`, *optional*): `None` (default) means 2e-4 for a PEFT student (a LoRA adapter; TRL's
+      SFT example scripts use 2e-4 with `--use_peft`) and SFT's 2e-5 for a full fine-tune; the trainer settles and
+      logs it. Measured on Gemma 3 270M in BENCHMARKS.md §10 (docs/distill.md, "Settings that learn").
+    - `bf16`: as TRL it defaults to `True`, but to `False` on a machine without a bf16-capable accelerator (where
+      transformers would refuse the config unless `use_cpu=True`).
 
     Parameters:
         > Parameters of the teacher
@@ -95,6 +100,13 @@ class PowerDistillConfig(VLLMArguments, SFTConfig):
 
     _VALID_DICT_FIELDS = SFTConfig._VALID_DICT_FIELDS + ["sampling_config", "vllm_kwargs"]
 
+    learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "The initial learning rate for AdamW. Default: 2e-4 for a PEFT (LoRA) student, 2e-5 for a full "
+            "fine-tune."
+        },
+    )
     sampling_config: dict[str, Any] | str | None = field(
         default=None,
         metadata={

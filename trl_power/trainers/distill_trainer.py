@@ -54,6 +54,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from peft import PeftConfig
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
+# The default learning rates (PowerDistillConfig.learning_rate=None): a LoRA adapter needs ~10x a full fine-tune's
+# (TRL's SFT examples: 2e-4 with --use_peft; SFTConfig's own default 2e-5 is a full fine-tune's).
+PEFT_LEARNING_RATE = 2e-4
+FULL_LEARNING_RATE = 2e-5
+
 # Columns that carry teacher completions, in any format SFTTrainer (or the exact-ids path) understands.
 _COMPLETION_COLUMNS = ("completion", "completion_ids", "text", "messages", "conversations", "input_ids")
 
@@ -364,6 +369,14 @@ class PowerDistillTrainer(SFTTrainer):
             # teacher rows as exact ids: the loss is on the completion (SFT decides it from `prompt` / `completion`
             # text columns, which a data set of ids alone lacks, and would train on the prompt tokens too)
             args.completion_only_loss = True
+        if args.learning_rate is None:
+            peft_student = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
+            args.learning_rate = PEFT_LEARNING_RATE if peft_student else FULL_LEARNING_RATE
+            logger.warning(
+                "learning_rate not given: %s for a %s student.",
+                args.learning_rate,
+                "PEFT" if peft_student else "fully fine-tuned",
+            )
         self._init_teacher(model, teacher_model, peft_config, args)
 
         super().__init__(
