@@ -99,12 +99,10 @@ class PowerWorkerExtension:
         original = sampler.forward
 
         def forward(logits, sampling_metadata, *args, **kwargs):
-            # logits - logsumexp: torch's float32 log_softmax on CPU is off by ~1e-5 per token on a large
-            # vocabulary (transformers_engine.sample_step), logsumexp is exact
-            raw = None
-            if sampling_metadata.max_num_logprobs:
-                raw = logits.float()
-                raw = raw - torch.logsumexp(raw, dim=-1, keepdim=True)
+            # The same kernel as vLLM's own (processed) logprobs, so that log p and log q share its rounding: on
+            # CPU torch's float32 log_softmax sums to 1 + ~2e-5 on a 262k vocabulary (docs/vllm.md), which
+            # renormalising log p alone would turn into a mismatch between the two
+            raw = torch.log_softmax(logits.float(), dim=-1) if sampling_metadata.max_num_logprobs else None
             out = original(logits, sampling_metadata, *args, **kwargs)
             tensors = out.logprobs_tensors
             if raw is not None and tensors is not None and tensors.logprobs.shape[1] >= 2:
