@@ -22,7 +22,7 @@ timeout 170 "$PY" benchmarks/engines.py --models 0.5b --batches 8 64 "${common[@
     --out "$OUT/engines_0.5b.md" 2>&1 | tail -n 25
 timeout 110 "$PY" benchmarks/engines.py --models 7b --batches 64 --engines vllm --methods temperature smc mh \
     "${common[@]}" --gpu_memory_utilization 0.85 --out "$OUT/engines_7b.md" 2>&1 | tail -n 12
-timeout 150 "$PY" -m pytest -q tests/test_vllm_engine.py -k colocate 2>&1 | tail -n 5 | tee "$OUT/colocate_sync.txt" || true
+timeout 240 "$PY" -m pytest -q tests/test_vllm_engine.py -k colocate 2>&1 | tail -n 5 | tee "$OUT/colocate_sync.txt" || true
 "$PY" - "$OUT" <<'PYEOF'
 import json, sys
 from pathlib import Path
