@@ -2,7 +2,7 @@
 
 d/d alpha E_{p_alpha}[r] = Cov_{p_alpha}(r, log p), so E_{p_alpha}[r] - E_p[r] = integral_1^alpha Cov_{p_s}(r, log p) ds,
 estimated per prompt with self-normalised weights p^(s-1) (`trl_power.theory.power_moments`), with a bootstrap
-interval and a verdict.
+interval that lets the prompts whose weight sits on few samples (low ESS) take any reward, and a verdict.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from trl_power.evaluation import ArrayLike, as_groups
-from trl_power.theory import power_moments
+from trl_power.theory import masked_power_weights, power_moments
 
 
 @dataclass
@@ -31,12 +31,26 @@ class CovarianceDiagnostic:
         base_reward: mean reward of the base samples, E_p[r].
         predicted_gain: E_{p_alpha}[r] - E_p[r], the self-normalised estimate of E_{p_alpha}[r] minus the plain
             mean, averaged over prompts; gain_ci: its bootstrap interval at `confidence` (see `interval` and
-            `resample`); gain_stderr: the bootstrap standard deviation.
+            `resample`), widened where few samples carry the weight (see `hidden_prompts`); gain_stderr: the
+            bootstrap standard deviation.
         predicted_power_reward: base_reward + predicted_gain.
-        ess_at_alpha: mean over prompts of the ESS of the weights p^(alpha-1); min_ess_at_alpha the smallest.
+        ess_at_alpha: mean over prompts of the ESS of the weights p^(alpha-1); min_ess_at_alpha the smallest,
+            median_ess_at_alpha the median.
         samples_per_prompt: mean number of base samples per prompt; num_prompts.
         resample: "samples" (the interval is for these prompts) or "prompts" (for new prompts).
-        verdict: "help", "hurt" or "unclear"; message: one sentence saying so, with the numbers.
+        min_ess: m = log2(2 / (1 - confidence)) - 1/2 (3.8 at 90%), the ESS at alpha at which a prompt's chance
+            of hiding heavier answers than its samples, 2^-(ESS + 1/2), is the one-sided error (1 - confidence) / 2;
+            low_ess_prompts: how many prompts have ESS < m.
+        hidden_prompts: M, the (1 + confidence) / 2 quantile of the number of prompts that hide heavier answers;
+            gain_ci lets the M worst placed prompts take any reward (see `covariance_diagnostic`).
+        snis_gain_ci: the plain bootstrap interval, every prompt's estimate taken at its word (gain_ci with M = 0
+            and no bias term).
+        samples_needed: estimated base samples per prompt for every prompt to reach ESS m, max_i ceil(n_i m /
+            ESS_i) (ESS grows in proportion to n for iid draws; an estimate, low when the answers that carry the
+            weight at alpha were never sampled).
+        verdict: "help", "hurt" or "unclear"; withheld: True when the verdict is "unclear" though snis_gain_ci
+            has a sign (too few samples carry the weight to support it); message: one sentence saying so, with
+            the numbers (and samples_needed when withheld).
     """
 
     alpha: float
@@ -56,6 +70,13 @@ class CovarianceDiagnostic:
     resample: str
     verdict: str
     message: str
+    median_ess_at_alpha: float
+    min_ess: float
+    low_ess_prompts: int
+    hidden_prompts: int
+    snis_gain_ci: tuple[float, float]
+    samples_needed: int
+    withheld: bool
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +114,65 @@ def _prompt_gains(r: np.ndarray, lp: np.ndarray, mask: np.ndarray, alpha: float)
     return power - (r * mask).sum(-1) / mask.sum(-1)
 
 
+def miss_chance(ess: np.ndarray | float) -> np.ndarray:
+    """pi = 2^-(ESS + 1/2): the chance that a prompt hides answers heavier at alpha than those its samples hit.
+
+    If the answers that carry a prompt's weight p^(alpha-1) have probability q together, its n samples hit them
+    K ~ Poisson(n q) times and ESS ≈ K; a set of answers at least as likely, so at least as heavy, is missed by all n
+    samples with probability (1 - q)^n <= exp(-n q). With n q unknown and ESS hits seen, the average of exp(-n q)
+    over the Jeffreys posterior Gamma(ESS + 1/2, 1) of n q is 2^-(ESS + 1/2), which is also the chance that a second
+    set of n draws misses the answers that carry the weight."""
+    return np.exp2(-(np.asarray(ess, dtype=np.float64) + 0.5))
+
+
+def ess_threshold(confidence: float) -> float:
+    """m = log2(2 / (1 - confidence)) - 1/2, the ESS at which `miss_chance` is the one-sided error
+    (1 - confidence) / 2 of the interval (3.8 at 90%)."""
+    return math.log2(2.0 / (1.0 - confidence)) - 0.5
+
+
+def hidden_prompts(chances: np.ndarray, confidence: float) -> int:
+    """M: the (1 + confidence) / 2 quantile of the number of prompts that hide heavier answers, a sum of independent
+    Bernoulli(pi_i) (Poisson-binomial, computed exactly by convolution)."""
+    dist = np.ones(1)
+    for c in chances[chances > 1e-15]:
+        dist = np.convolve(dist, [1.0 - c, c])
+    return int(np.searchsorted(np.cumsum(dist), (1 + confidence) / 2 - 1e-12))
+
+
+def _extremes(
+    gain: np.ndarray, low: np.ndarray, high: np.ndarray, hidden: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest mean gain over prompts, [...], when any `hidden` prompts may take their `low` or
+    `high` value instead of their estimate (the worst ones: the largest gain - low, high - gain)."""
+    P = gain.shape[-1]
+    total = gain.sum(-1)
+    if hidden == 0:
+        return total / P, total / P
+    k = min(hidden, P)
+    down = -np.partition(-(gain - low), k - 1, axis=-1)[..., :k].sum(-1)
+    up = -np.partition(-(high - gain), k - 1, axis=-1)[..., :k].sum(-1)
+    return (total - down) / P, (total + up) / P
+
+
+def _contributions(
+    r: np.ndarray, lp: np.ndarray, mask: np.ndarray, alpha: float, r_range: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per prompt, [..., P]: the estimated gain g_i = sum_j w_ij(alpha) r_ij - r̄_i and the gains it would have with
+    any reward under p^alpha, min r - r̄_i and max r - r̄_i."""
+    mean = (r * mask).sum(-1) / mask.sum(-1)
+    return _prompt_gains(r, lp, mask, alpha), r_range[0] - mean, r_range[1] - mean
+
+
+def _snis_bias(r: np.ndarray, lp: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
+    """Per prompt, [P]: the first-order bias of the self-normalised estimate sum_j w_j r_j of E_{p_alpha}[r],
+    estimated by sum_j w_j^2 (sum_k w_k r_k - r_j) (normalised weights; |.| <= (max r - min r) / ESS)."""
+    w = masked_power_weights(lp, mask, np.array([alpha]))[..., 0]
+    r0 = np.where(mask > 0, r, 0.0)
+    r_bar = (w * r0).sum(-1, keepdims=True)
+    return (w**2 * (r_bar - r0)).sum(-1)
+
+
 def _bootstrap(
     r: np.ndarray,
     lp: np.ndarray,
@@ -102,18 +182,22 @@ def _bootstrap(
     bootstrap: int,
     resample: str,
     seed: int,
-    prompt_gain: np.ndarray,
+    per_prompt: tuple[np.ndarray, np.ndarray, np.ndarray],
     cov: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Bootstrap replicates of the gain [B] and of the curve [B, S]: `resample="samples"` resamples each prompt's
-    samples within it (these prompts), `"prompts"` whole prompts with their samples (new prompts); with `bootstrap=0`
-    the estimate alone (B = 1)."""
+    hidden: int,
+    r_range: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bootstrap replicates [B] of the mean gain, of its lowest and highest values with `hidden` prompts free
+    (`_extremes`), and of the curve [B, S]: `resample="samples"` resamples each prompt's samples within it (these
+    prompts), `"prompts"` whole prompts with their samples (new prompts); with `bootstrap=0` the estimate alone
+    (B = 1)."""
     rng = np.random.default_rng(seed)
     P, n = r.shape
     sizes = mask.sum(1).astype(int)
     if bootstrap == 0:  # no replicates: the estimate itself stands for them
-        return prompt_gain.mean(-1, keepdims=True), cov.mean(-2)[None]
-    boot_gain, boot_curve = [], []
+        low, high = _extremes(*per_prompt, hidden)
+        return per_prompt[0].mean(-1, keepdims=True), low[None], high[None], cov.mean(-2)[None]
+    boot: list[list[np.ndarray]] = [[], [], [], []]
     chunk = max(1, int(2e6 // max(1, P * n * s.size)))
     done = 0
     while done < bootstrap:
@@ -122,14 +206,17 @@ def _bootstrap(
             sj = (rng.random((b, P, n)) * sizes[None, :, None]).astype(int)  # live slots only
             rb, lb = np.take_along_axis(r[None], sj, -1), np.take_along_axis(lp[None], sj, -1)
             mb = np.broadcast_to(mask, rb.shape)
-            boot_gain.append(_prompt_gains(rb, lb, mb, alpha).mean(-1))
-            boot_curve.append(power_moments(rb, lb, mb, s)[0].mean(-2))
+            parts = _contributions(rb, lb, mb, alpha, r_range)
+            curve = power_moments(rb, lb, mb, s)[0].mean(-2)
         else:  # new prompts: whole prompts resampled, each with its samples
             pi = rng.integers(0, P, size=(b, P))
-            boot_gain.append(prompt_gain[pi].mean(-1))
-            boot_curve.append(cov[pi].mean(-2))
+            parts = tuple(c[pi] for c in per_prompt)
+            curve = cov[pi].mean(-2)
+        for out, part in zip(boot, [parts[0].mean(-1), *_extremes(*parts, hidden), curve]):
+            out.append(part)
         done += b
-    return np.concatenate(boot_gain), np.concatenate(boot_curve)
+    gain, low, high, curve = (np.concatenate(x) for x in boot)
+    return gain, low, high, curve
 
 
 def _interval(
@@ -191,12 +278,35 @@ def covariance_diagnostic(
     prompts x 64 samples, alpha 2, 12 answers per prompt with the likeliest right 60% of the time): 0.900 with
     fixed prompts (`resample="samples"`, truth = the gain on those prompts), 0.870 with prompts drawn anew
     (`resample="prompts"`, truth = the population's gain; the percentile bootstrap of a mean of 20 prompts is a
-    little narrow; 0.893 with 50 prompts, 300 replications). No interval can see completions that no base sample
-    hit: with few samples per prompt the SNIS estimate is biased towards 0, and the interval with it (the message
-    warns when the ESS at alpha is below 2).
+    little narrow; 0.893 with 50 prompts, 300 replications); the bias term below raises the first to 0.93.
+
+    Few samples carrying the weight. No bootstrap of the samples can see answers that no sample hit, and with
+    few samples per prompt those can carry most of p^alpha: a wrong answer of p 0.1 that none of 16 samples hit
+    (chance 0.19) leaves the weight on a sampled right answer of p 0.025, and the estimate flips sign
+    (tests/test_diagnostic_ess.py). Per prompt i, ESS_i = (sum_j w_ij)^2 / sum_j w_ij^2 at alpha: if the answers
+    that carry the weight have probability q, the n samples hit them K ~ Poisson(n q) times, ESS_i ≈ K, and a set
+    of answers at least as likely (so at least as heavy) is missed by all n samples with probability <= exp(-n q).
+    Averaged over the Jeffreys posterior Gamma(ESS_i + 1/2, 1) of n q this is pi_i = 2^-(ESS_i + 1/2), the chance
+    that prompt i hides heavier answers. Their number is a sum of independent Bernoulli(pi_i); M (`hidden_prompts`)
+    is its (1 + confidence)/2 quantile. Such a prompt's E_{p_alpha}[r] may be anything in [min r, max r], so
+
+        gain_ci = [ lower bootstrap quantile of (1/P) (sum_i g_i - max over M prompts of sum (g_i - (min r - r̄_i))),
+                    upper bootstrap quantile of (1/P) (sum_i g_i + max over M prompts of sum (max r - r̄_i - g_i)) ],
+
+    g_i the prompt's estimated gain (Manski's bounds for a mean with M values missing, placed in the worst way),
+    the bootstrap quantiles as above. M = 0 when every pi_i is tiny (ESS >~ 8 on 20 prompts): then this is the
+    plain interval (`snis_gain_ci`). The SNIS estimate has a first-order bias b_i = sum_j w̃_ij^2 (sum_k w̃_ik r_ik -
+    r_ij) (w̃ normalised; |b_i| <= (max r - min r) / ESS_i); the interval is extended by the mean b on the side
+    the correction points to. Measured in the issue's scenario (20 prompts, wrong mode p ~ 0.1, ten right answers
+    ~ 0.025, alpha 4, true gain -0.211; 100 replications): "help" 78, 20, 0 times at 8, 16, 64 samples per
+    prompt with the plain interval, 2, 0, 0 with this one ("hurt" 100/100 at 64); its coverage at 64 samples
+    (median ESS 6.8) 0.995 (plain: 0.64); conservative, since the M prompts are placed in the worst way.
 
     Verdict: "help" when the interval lies above 0, "hurt" when below, else "unclear" (beyond rounding:
-    |bound| > 1e-9).
+    |bound| > 1e-9). When the plain interval has a sign that this one does not, the verdict is withheld
+    ("unclear", `withheld`), and the message says how many samples per prompt would bring every prompt to ESS
+    m = log2(2 / (1 - confidence)) - 1/2 (the ESS at which pi = (1 - confidence)/2): max_i ceil(n_i m / ESS_i), an
+    estimate from ESS growing in proportion to n.
     """
     if not alpha > 1:
         raise ValueError(f"alpha must be > 1, got {alpha}")
@@ -204,6 +314,8 @@ def covariance_diagnostic(
         raise ValueError("num_points must be >= 2")
     if resample not in RESAMPLE:
         raise ValueError(f"resample must be one of {RESAMPLE}, got {resample!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     r, mask = _padded(rewards, groups)
     lp, mask_lp = _padded(base_logprobs, groups)
     if r.shape != lp.shape or not np.array_equal(mask, mask_lp):
@@ -215,34 +327,72 @@ def covariance_diagnostic(
 
     cov, _, ess = power_moments(r, lp, mask, s)
     curve = cov.mean(0)
-    prompt_gain = _prompt_gains(r, lp, mask, alpha)
-    gain = float(prompt_gain.mean())
     base = float(((r * mask).sum(1) / mask.sum(1)).mean())
-
     sizes = mask.sum(1).astype(int)
-    bg, bc = _bootstrap(r, lp, mask, s, alpha, bootstrap, resample, seed, prompt_gain, cov)
-    q = (1 - confidence) / 2
-    lo, hi = _interval(bg, gain, confidence, interval)
+    ess_alpha = ess[:, -1]
+    m = ess_threshold(confidence)
+    chances = miss_chance(ess_alpha)
+    hidden = hidden_prompts(chances, confidence)
     r_live = r[mask > 0]  # the gain cannot leave [min r - E_p r, max r - E_p r]
-    lo, hi = max(lo, float(r_live.min()) - base), min(hi, float(r_live.max()) - base)
+    r_range = (float(r_live.min()), float(r_live.max()))
+    per_prompt = _contributions(r, lp, mask, alpha, r_range)
+    gain = float(per_prompt[0].mean())
+    gain_low, gain_high = (float(x) for x in _extremes(*per_prompt, hidden))
+
+    bg, blow, bhigh, bc = _bootstrap(
+        r, lp, mask, s, alpha, bootstrap, resample, seed, per_prompt, cov, hidden, r_range
+    )
+    q = (1 - confidence) / 2
+
+    def clipped(low: float, high: float) -> tuple[float, float]:
+        return max(low, r_range[0] - base), min(high, r_range[1] - base)
+
+    snis_ci = clipped(*_interval(bg, gain, confidence, interval))
+    bias = float(_snis_bias(r, lp, mask, alpha).mean())
+    lo, hi = clipped(
+        _interval(blow, gain_low, confidence, interval)[0] - max(bias, 0.0),
+        _interval(bhigh, gain_high, confidence, interval)[1] - min(bias, 0.0),
+    )
     band = (np.quantile(bc, q, axis=0).tolist(), np.quantile(bc, 1 - q, axis=0).tolist())
 
-    ess_alpha = ess[:, -1]
-    if lo > _ROUNDING:
-        verdict, what = "help", "should help"
-    elif hi < -_ROUNDING:
-        verdict, what = "hurt", "should hurt"
-    else:
-        verdict, what = "unclear", "has no clear effect"
+    def sign(low: float, high: float) -> str:
+        return "help" if low > _ROUNDING else "hurt" if high < -_ROUNDING else "unclear"
+
+    verdict = sign(lo, hi)
+    withheld = verdict == "unclear" and sign(*snis_ci) != "unclear"
+    low_ess = int((ess_alpha < m).sum())
+    needed = int(np.ceil(sizes * m / np.maximum(ess_alpha, 1e-12) - 1e-9).max())
+    what = {"help": "should help", "hurt": "should hurt", "unclear": "has no clear effect"}[verdict]
     scope = "these prompts" if resample == "samples" else "new prompts"
-    message = (
-        f"Power sampling at alpha={alpha:g} {what}: predicted reward {base:.3f} -> {base + gain:.3f} "
-        f"(gain {gain:+.3f}, {confidence:.0%} CI [{lo:+.3f}, {hi:+.3f}] for {scope}; "
-        f"Cov_p(r, log p) = {curve[0]:+.3f}); ESS at alpha {ess_alpha.mean():.1f} of {sizes.mean():.0f} samples "
-        "per prompt."
+    ess_note = (
+        f"ESS at alpha {ess_alpha.mean():.1f} of {sizes.mean():.0f} samples per prompt (median "
+        f"{np.median(ess_alpha):.1f})"
     )
-    if ess_alpha.mean() < 2:
-        message += " Few samples carry the weight at alpha: draw more base samples before trusting this."
+    if withheld:
+        message = (
+            f"Power sampling at alpha={alpha:g}: verdict withheld, too few samples carry the weight p^(alpha-1): "
+            f"ESS < {m:.1f} on {low_ess} of {P} prompts; {ess_note}. Estimated reward {base:.3f} -> "
+            f"{base + gain:.3f} (gain {gain:+.3f}, {confidence:.0%} CI [{snis_ci[0]:+.3f}, {snis_ci[1]:+.3f}] "
+            f"taking every prompt's estimate; [{lo:+.3f}, {hi:+.3f}] for {scope} when {hidden} prompts may hide "
+            f"answers heavier than their samples and have any reward in [{r_range[0]:g}, {r_range[1]:g}]). Draw "
+            f"about {needed} base samples per prompt (an estimate: ESS grows in proportion to the samples)."
+        )
+    else:
+        message = (
+            f"Power sampling at alpha={alpha:g} {what}: predicted reward {base:.3f} -> {base + gain:.3f} "
+            f"(gain {gain:+.3f}, {confidence:.0%} CI [{lo:+.3f}, {hi:+.3f}] for {scope}; "
+            f"Cov_p(r, log p) = {curve[0]:+.3f}); {ess_note}."
+        )
+        if hidden:
+            message += (
+                f" The CI lets {hidden} of {P} prompts hide answers heavier than their samples, with any reward in "
+                f"[{r_range[0]:g}, {r_range[1]:g}] (ESS < {m:.1f} on {low_ess})"
+            )
+            message += (
+                f"; about {needed} base samples per prompt would estimate every prompt."
+                if verdict == "unclear"
+                else "."
+            )
     return CovarianceDiagnostic(
         alpha=float(alpha),
         s=s.tolist(),
@@ -261,4 +411,11 @@ def covariance_diagnostic(
         resample=resample,
         verdict=verdict,
         message=message,
+        median_ess_at_alpha=float(np.median(ess_alpha)),
+        min_ess=m,
+        low_ess_prompts=low_ess,
+        hidden_prompts=hidden,
+        snis_gain_ci=snis_ci,
+        samples_needed=needed,
+        withheld=withheld,
     )
