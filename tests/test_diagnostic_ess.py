@@ -160,3 +160,103 @@ def test_healthy_ess_keeps_the_plain_interval():
     assert diag.snis_gain_ci[1] <= diag.gain_ci[1] <= diag.snis_gain_ci[1] + slack
     assert diag.verdict == "help" and not diag.withheld and "hide" not in diag.message
     assert diag.to_dict()["hidden_prompts"] == 0
+
+
+def _spread_table() -> tuple[np.ndarray, np.ndarray]:
+    """A wrong mode of p 0.02, 100 right answers of p ~0.005 (0.5 together) and 4,800 wrong ones of p ~1e-4, each
+    p jittered by 5% (distinct answers): at alpha 8 the mode carries almost all of p^alpha (true gain -0.495), and
+    16 samples miss it 72% of the time, their weight then spread over the right answers they hit once each."""
+    rng = np.random.default_rng(5)
+    p = np.concatenate([[0.02], np.full(100, 0.005), np.full(4800, 0.48 / 4800)]) * np.exp(
+        rng.normal(0, 0.05, 4901)
+    )
+    r = np.zeros(p.size)
+    r[1:101] = 1.0
+    return np.log(p / p.sum()), r
+
+
+def test_weight_spread_over_many_sampled_answers_gives_no_confident_wrong_sign():
+    """40 replications of 20 prompts x 16 samples of `_spread_table`, alpha 8: "help" (the wrong sign) at most twice.
+    Bug caught: where the mode was missed the ESS is high (the weight sits on many answers seen once), so the
+    hidden-prompt rule alone frees no prompt: it said "help" 13 times in 20 (and 20 in 20 with 100 prompts), the
+    plain interval always. The Good-Turing share of the unseen answers (h ~0.9 on those prompts) withholds it."""
+    logp, r = _spread_table()
+    rng = np.random.default_rng(1)
+    verdicts = []
+    for rep in range(40):
+        idx = rng.choice(logp.size, size=(20, 16), p=np.exp(logp))
+        diag = covariance_diagnostic(r[idx], logp[idx], 8.0, num_points=2, bootstrap=100, seed=rep)
+        verdicts.append(diag.verdict)
+        if diag.withheld:
+            assert diag.samples_needed > 16
+    assert verdicts.count("help") <= 2, verdicts
+
+
+def test_interval_is_not_clipped_at_the_estimated_base_reward():
+    """p^12 puts nearly all its mass on the right answer (p 0.5): the true gain is ~1 - E_p[r] = +0.498, the edge of
+    what is feasible. Coverage of the 90% interval over 100 replications of 20 prompts x 16 samples must reach 0.9
+    less 3 binomial standard deviations. Bug caught: clipping the upper end at max r - (the samples' mean reward)
+    excluded the truth whenever that mean was above E_p[r] (coverage 0.53)."""
+    p, r = np.array([0.5, 0.3, 0.1, 0.1]), np.array([1.0, 0, 0, 0])
+    pa = p**12 / (p**12).sum()
+    truth = pa @ r - p @ r
+    rng = np.random.default_rng(0)
+    covered = 0
+    for rep in range(100):
+        idx = rng.choice(4, size=(20, 16), p=p)
+        diag = covariance_diagnostic(r[idx], np.log(p)[idx], 12.0, num_points=2, bootstrap=100, seed=rep)
+        covered += diag.gain_ci[0] <= truth <= diag.gain_ci[1]
+    assert covered / 100 >= 0.9 - 3 * math.sqrt(0.09 / 100), covered
+
+
+def test_snis_bias_and_the_good_turing_mass_against_monte_carlo():
+    """Over 20,000 draws of 10 samples from a 4-answer table (alpha 3): the mean first-order bias term is within 20%
+    of the Monte Carlo bias E[SNIS] - E_{p_alpha}[r] (+0.020) and of its sign; the Good-Turing G = S h / (1 - h) has
+    mean sum_a p^alpha (1 - p)^(n-1) (its expectation, exactly) within 4 standard errors. Bugs caught: the bias term
+    with its sign flipped or dropped (the ESS tests cannot see it), G with p^alpha instead of p^(alpha-1) or divided
+    by n - 1."""
+    from trl_power.diagnostic import _snis_bias, unseen_share
+    from trl_power.theory import power_moments
+
+    p, r, alpha, n = np.array([0.4, 0.3, 0.2, 0.1]), np.array([0.0, 1, 1, 0.5]), 3.0, 10
+    lp = np.log(p) * np.array([1.0, 1.0001, 1.0002, 1.0003])  # distinct log p, as distinct answers have
+    p = np.exp(lp) / np.exp(lp).sum()
+    lp = np.log(p)
+    theta = (p**alpha / (p**alpha).sum()) @ r
+    idx = np.random.default_rng(0).choice(4, size=(20_000, n), p=p)
+    R, L, M = r[idx], lp[idx], np.ones((20_000, n))
+    bias = power_moments(R, L, M, np.array([alpha]))[1][:, 0].mean() - theta
+    assert bias > 0.01 and _snis_bias(R, L, M, alpha).mean() == pytest.approx(bias, rel=0.2)
+    share, log_s = unseen_share(L, M, alpha)
+    g = np.exp(log_s) * share / (1 - share)
+    expected = (p**alpha * (1 - p) ** (n - 1)).sum()
+    assert abs(g.mean() - expected) < 4 * g.std() / math.sqrt(g.size)
+    assert abs(g.mean() * n / (n - 1) - expected) > 4 * g.std() / math.sqrt(
+        g.size
+    )  # the n - 1 divisor is seen
+
+
+def test_samples_needed_asks_for_more_than_were_drawn():
+    """Every prompt at ESS 5 (8 samples: 5 of the mode, 3 of rarer answers), 20 prompts, one with reward-0 answers:
+    the verdict is withheld and the count asked for exceeds the 8 drawn; the threshold is the ESS at which no prompt
+    is freed on 20 prompts (8.1 at 90%). Bug caught: a threshold of 3.8 (one prompt's level) asked for 7 samples with
+    8 drawn and said 0 prompts were short."""
+    lp = np.tile([-1.0, -1, -1, -1, -1, -5, -5.1, -5.2], (20, 1))
+    r = np.tile([0.6, 0.6, 0.6, 0.6, 0.6, 0.5, 0.5, 0.5], (20, 1))
+    r[0, 5:] = 0.0
+    diag = covariance_diagnostic(r, lp, 6.0, bootstrap=200)
+    assert diag.withheld and diag.min_ess == pytest.approx(math.log2(2 * 20 / 0.1) - 0.5)
+    assert diag.low_ess_prompts == 20 and diag.samples_needed > 8
+    assert f"Draw about {diag.samples_needed} base samples" in diag.message
+
+
+def test_bad_rewards_and_settings_are_refused():
+    r, lp = np.ones((3, 4)), -np.ones((3, 4))
+    bad = r.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="rewards must be finite"):
+        covariance_diagnostic(bad, lp, 2.0)
+    with pytest.raises(ValueError, match="alpha must be finite"):
+        covariance_diagnostic(r, lp, math.inf)
+    with pytest.raises(ValueError, match="bootstrap"):
+        covariance_diagnostic(r, lp, 2.0, bootstrap=-1)

@@ -38,16 +38,18 @@ class CovarianceDiagnostic:
             median_ess_at_alpha the median.
         samples_per_prompt: mean number of base samples per prompt; num_prompts.
         resample: "samples" (the interval is for these prompts) or "prompts" (for new prompts).
-        min_ess: m = log2(2 / (1 - confidence)) - 1/2 (3.8 at 90%), the ESS at alpha at which a prompt's chance
-            of hiding heavier answers than its samples, 2^-(ESS + 1/2), is the one-sided error (1 - confidence) / 2;
+        min_ess: m = log2(2 P / (1 - confidence)) - 1/2 (8.1 at 90% on 20 prompts), the ESS at alpha at which a
+            prompt's miss chance 2^-(ESS + 1/2) is (1 - confidence) / (2 P), so that no prompt is freed (M = 0);
             low_ess_prompts: how many prompts have ESS < m.
+        unseen_share: mean over prompts of h_i, the Good-Turing estimate of the share of p^alpha on answers no
+            sample hit (`unseen_share`); gain_ci is widened by it.
         hidden_prompts: M, the (1 + confidence) / 2 quantile of the number of prompts that hide heavier answers;
             gain_ci lets the M worst placed prompts take any reward (see `covariance_diagnostic`).
         snis_gain_ci: the plain bootstrap interval, every prompt's estimate taken at its word (gain_ci with M = 0
             and no bias term).
-        samples_needed: estimated base samples per prompt for every prompt to reach ESS m, max_i ceil(n_i m /
-            ESS_i) (ESS grows in proportion to n for iid draws; an estimate, low when the answers that carry the
-            weight at alpha were never sampled).
+        samples_needed: estimated base samples per prompt for every prompt to reach ESS m (ESS grows in
+            proportion to n for iid draws: n_i m / ESS_i) and, where h_i > 0.05, for any unseen answers to carry at
+            most 0.05 of the seen p^alpha mass S_i (`samples_for_share`); the largest over prompts, at most 1e9.
         verdict: "help", "hurt" or "unclear"; withheld: True when the verdict is "unclear" though snis_gain_ci
             has a sign (too few samples carry the weight to support it); message: one sentence saying so, with
             the numbers (and samples_needed when withheld).
@@ -77,12 +79,15 @@ class CovarianceDiagnostic:
     snis_gain_ci: tuple[float, float]
     samples_needed: int
     withheld: bool
+    unseen_share: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 _ROUNDING = 1e-9
+_SHARE = 0.05  # an unseen share of p^alpha above which a prompt asks for more samples
+_MAX_SAMPLES = 10**9
 RESAMPLE = ("samples", "prompts")
 
 
@@ -115,13 +120,15 @@ def _prompt_gains(r: np.ndarray, lp: np.ndarray, mask: np.ndarray, alpha: float)
 
 
 def miss_chance(ess: np.ndarray | float) -> np.ndarray:
-    """pi = 2^-(ESS + 1/2): the chance that a prompt hides answers heavier at alpha than those its samples hit.
+    """pi = 2^-(ESS + 1/2): the chance that n samples miss a set of answers as probable, together, as the set that
+    carries a prompt's weight p^(alpha-1).
 
-    If the answers that carry a prompt's weight p^(alpha-1) have probability q together, its n samples hit them
-    K ~ Poisson(n q) times and ESS ≈ K; a set of answers at least as likely, so at least as heavy, is missed by all n
+    If the answers that carry the weight have probability q together, the n samples hit them K ~ Poisson(n q) times
+    and ESS ≈ K (ESS < K when their p differ: conservative); another set of probability >= q is missed by all n
     samples with probability (1 - q)^n <= exp(-n q). With n q unknown and ESS hits seen, the average of exp(-n q)
-    over the Jeffreys posterior Gamma(ESS + 1/2, 1) of n q is 2^-(ESS + 1/2), which is also the chance that a second
-    set of n draws misses the answers that carry the weight."""
+    over the Jeffreys posterior Gamma(ESS + 1/2, 1) of n q is 2^-(ESS + 1/2). It does not see an unsampled answer
+    heavier than each sampled one but less probable than all of them together (weight spread over many sampled
+    answers): `unseen_share` does."""
     return np.exp2(-(np.asarray(ess, dtype=np.float64) + 0.5))
 
 
@@ -129,6 +136,42 @@ def ess_threshold(confidence: float) -> float:
     """m = log2(2 / (1 - confidence)) - 1/2, the ESS at which `miss_chance` is the one-sided error
     (1 - confidence) / 2 of the interval (3.8 at 90%)."""
     return math.log2(2.0 / (1.0 - confidence)) - 0.5
+
+
+def unseen_share(
+    lp: np.ndarray, mask: np.ndarray, alpha: float, tolerance: float = 1e-4
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt, [P]: h = G / (S + G), the Good-Turing estimate of the share of p^alpha on answers no sample hit,
+    and log S.
+
+    S = sum over the distinct sampled answers a of p(a)^alpha (p known exactly: the samples' log p). An answer of
+    probability p is unseen by n samples with probability (1 - p)^n and seen exactly once with probability
+    n p (1 - p)^(n-1), so G = (1/n) sum over the answers seen once of p(a)^(alpha-1) has expectation
+    sum_a p(a)^alpha (1 - p(a))^(n-1) >= E[unseen p^alpha mass]. It sees the spread case `miss_chance` cannot: a
+    heavier unsampled answer beside many sampled answers seen once each. Samples whose log p agree within
+    `tolerance` count as one answer (identical completions; distinct answers of equal probability would merge,
+    which lowers G)."""
+    P = lp.shape[0]
+    share, log_s = np.zeros(P), np.zeros(P)
+    for i in range(P):
+        values = lp[i, mask[i] > 0]
+        order = np.sort(values)
+        starts = np.flatnonzero(np.diff(order, prepend=-np.inf) > tolerance)
+        counts = np.diff(np.append(starts, order.size))
+        answers = order[starts]
+        log_s[i] = np.logaddexp.reduce(alpha * answers)
+        once = answers[counts == 1]
+        if once.size:
+            log_g = np.logaddexp.reduce((alpha - 1) * once) - math.log(values.size)
+            share[i] = 1.0 / (1.0 + math.exp(min(700.0, log_s[i] - log_g)))
+    return share, log_s
+
+
+def samples_for_share(log_s: np.ndarray, alpha: float, share: float) -> np.ndarray:
+    """n with the largest expected unseen p^alpha mass of any distribution, max_p p^(alpha-1) e^(-n p) =
+    ((alpha - 1) / (e n))^(alpha - 1), at most `share` x S: n = ((alpha - 1) / e) (share S)^(-1 / (alpha - 1)),
+    per prompt (a sufficient count, whatever the unseen answers are)."""
+    return (alpha - 1) / math.e * np.exp(-(math.log(share) + log_s) / (alpha - 1))
 
 
 def hidden_prompts(chances: np.ndarray, confidence: float) -> int:
@@ -295,18 +338,31 @@ def covariance_diagnostic(
 
     g_i the prompt's estimated gain (Manski's bounds for a mean with M values missing, placed in the worst way),
     the bootstrap quantiles as above. M = 0 when every pi_i is tiny (ESS >~ 8 on 20 prompts): then this is the
-    plain interval (`snis_gain_ci`). The SNIS estimate has a first-order bias b_i = sum_j w̃_ij^2 (sum_k w̃_ik r_ik -
+    plain interval (`snis_gain_ci`). pi_i does not see a heavier answer beside many sampled answers seen once each
+    (weight spread over them: high ESS); the Good-Turing share h_i of p^alpha on unseen answers does
+    (`unseen_share`): prompt i's E_{p_alpha}[r] is (1 - h_i) R_i + h_i r_unseen with r_unseen anywhere in
+    [min r, max r], so the lower end moves down by mean_i h_i (R_i - min r) and the upper end up by
+    mean_i h_i (max r - R_i) (R_i the prompt's estimate). No clip to [min r - r̄, max r - r̄]: r̄ is itself an
+    estimate (clipped, the interval covered 0.53 where p^alpha sits on the right answers), and every replicate
+    keeps to its own bounds. The SNIS estimate has a first-order bias b_i = sum_j w̃_ij^2 (sum_k w̃_ik r_ik -
     r_ij) (w̃ normalised; |b_i| <= (max r - min r) / ESS_i); the interval is extended by the mean b on the side
     the correction points to. Measured in the issue's scenario (20 prompts, wrong mode p ~ 0.1, ten right answers
     ~ 0.025, alpha 4, true gain -0.211; 100 replications): "help" 78, 20, 0 times at 8, 16, 64 samples per
     prompt with the plain interval, 2, 0, 0 with this one ("hurt" 100/100 at 64); its coverage at 64 samples
     (median ESS 6.8) 0.995 (plain: 0.64); conservative, since the M prompts are placed in the worst way.
 
+    The interval is conservative by the worst-case placement of the freed prompts and of the unseen answers'
+    rewards, not by construction: on each side the bootstrap's tail and the chance that more than M prompts hide
+    heavier answers add up, and h_i is an estimate (its expectation bounds the unseen mass's), not a bound. Rewards
+    are bounded by the observed [min r, max r]: with continuous rewards, or every sample right, an unseen answer may
+    lie outside it. Measured in the spread case (tests/test_diagnostic_ess.py, 20 prompts x 16 samples, alpha 8,
+    true gain -0.495): "help" 0 of 40 (13 of 20 with pi_i alone).
+
     Verdict: "help" when the interval lies above 0, "hurt" when below, else "unclear" (beyond rounding:
     |bound| > 1e-9). When the plain interval has a sign that this one does not, the verdict is withheld
-    ("unclear", `withheld`), and the message says how many samples per prompt would bring every prompt to ESS
-    m = log2(2 / (1 - confidence)) - 1/2 (the ESS at which pi = (1 - confidence)/2): max_i ceil(n_i m / ESS_i), an
-    estimate from ESS growing in proportion to n.
+    ("unclear", `withheld`), and the message says how many samples per prompt would do (`samples_needed`: every
+    prompt at ESS m = log2(2 P / (1 - confidence)) - 1/2, the ESS at which pi_i = (1 - confidence) / (2 P) so that
+    no prompt is freed, and an unseen share below 0.05; an estimate).
     """
     if not alpha > 1:
         raise ValueError(f"alpha must be > 1, got {alpha}")
@@ -316,12 +372,20 @@ def covariance_diagnostic(
         raise ValueError(f"resample must be one of {RESAMPLE}, got {resample!r}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must be finite, got {alpha}")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be >= 0, got {bootstrap}")
     r, mask = _padded(rewards, groups)
     lp, mask_lp = _padded(base_logprobs, groups)
     if r.shape != lp.shape or not np.array_equal(mask, mask_lp):
         raise ValueError("rewards and base_logprobs must have the same shape per prompt")
     if not np.isfinite(lp[mask > 0]).all():
         raise ValueError("base_logprobs must be finite")
+    if not np.isfinite(r[mask > 0]).all():
+        raise ValueError("rewards must be finite")
+    if (mask.sum(1) == 0).any():
+        raise ValueError("every prompt needs at least one sample")
     s = np.linspace(1.0, alpha, num_points)
     P = r.shape[0]
 
@@ -330,7 +394,8 @@ def covariance_diagnostic(
     base = float(((r * mask).sum(1) / mask.sum(1)).mean())
     sizes = mask.sum(1).astype(int)
     ess_alpha = ess[:, -1]
-    m = ess_threshold(confidence)
+    # the ESS at which every prompt's miss chance is at most (1 - c) / (2P), so that M = 0 at the (1 + c)/2 quantile
+    m = ess_threshold(1 - (1 - confidence) / P)
     chances = miss_chance(ess_alpha)
     hidden = hidden_prompts(chances, confidence)
     r_live = r[mask > 0]  # the gain cannot leave [min r - E_p r, max r - E_p r]
@@ -343,16 +408,17 @@ def covariance_diagnostic(
         r, lp, mask, s, alpha, bootstrap, resample, seed, per_prompt, cov, hidden, r_range
     )
     q = (1 - confidence) / 2
-
-    def clipped(low: float, high: float) -> tuple[float, float]:
-        return max(low, r_range[0] - base), min(high, r_range[1] - base)
-
-    snis_ci = clipped(*_interval(bg, gain, confidence, interval))
+    # Answers no sample hit carry a share h_i of prompt i's p^alpha (Good-Turing): its E_{p_alpha}[r] is then
+    # (1 - h_i) R_i + h_i r_unseen, r_unseen anywhere in [min r, max r], R_i the estimate from the samples.
+    share, log_s = unseen_share(lp, mask, alpha)
+    power_reward = per_prompt[0] + (r * mask).sum(-1) / mask.sum(-1)
+    widen_low = float((share * (power_reward - r_range[0])).mean())
+    widen_high = float((share * (r_range[1] - power_reward)).mean())
+    # No clip to [min r - base, max r - base]: base is an estimate, and each replicate keeps to its own bounds.
+    snis_ci = _interval(bg, gain, confidence, interval)
     bias = float(_snis_bias(r, lp, mask, alpha).mean())
-    lo, hi = clipped(
-        _interval(blow, gain_low, confidence, interval)[0] - max(bias, 0.0),
-        _interval(bhigh, gain_high, confidence, interval)[1] - min(bias, 0.0),
-    )
+    lo = _interval(blow, gain_low, confidence, interval)[0] - widen_low - max(bias, 0.0)
+    hi = _interval(bhigh, gain_high, confidence, interval)[1] + widen_high - min(bias, 0.0)
     band = (np.quantile(bc, q, axis=0).tolist(), np.quantile(bc, 1 - q, axis=0).tolist())
 
     def sign(low: float, high: float) -> str:
@@ -361,32 +427,39 @@ def covariance_diagnostic(
     verdict = sign(lo, hi)
     withheld = verdict == "unclear" and sign(*snis_ci) != "unclear"
     low_ess = int((ess_alpha < m).sum())
-    needed = int(np.ceil(sizes * m / np.maximum(ess_alpha, 1e-12) - 1e-9).max())
+    needed_ess = np.ceil(sizes * m / np.maximum(ess_alpha, 1e-12) - 1e-9)
+    needed_unseen = np.where(share > _SHARE, np.ceil(samples_for_share(log_s, alpha, _SHARE)), 0)
+    needed = int(min(np.maximum(needed_ess, needed_unseen).max(), _MAX_SAMPLES))
     what = {"help": "should help", "hurt": "should hurt", "unclear": "has no clear effect"}[verdict]
     scope = "these prompts" if resample == "samples" else "new prompts"
     ess_note = (
         f"ESS at alpha {ess_alpha.mean():.1f} of {sizes.mean():.0f} samples per prompt (median "
         f"{np.median(ess_alpha):.1f})"
     )
+    level = f"{100 * confidence:g}%"
+    unseen_note = (
+        f"answers no sample hit carry an estimated {share.mean():.0%} of p^alpha (mean over prompts)"
+    )
+    bounds = f"any reward in [{r_range[0]:g}, {r_range[1]:g}]"
     if withheld:
         message = (
             f"Power sampling at alpha={alpha:g}: verdict withheld, too few samples carry the weight p^(alpha-1): "
-            f"ESS < {m:.1f} on {low_ess} of {P} prompts; {ess_note}. Estimated reward {base:.3f} -> "
-            f"{base + gain:.3f} (gain {gain:+.3f}, {confidence:.0%} CI [{snis_ci[0]:+.3f}, {snis_ci[1]:+.3f}] "
+            f"ESS < {m:.1f} on {low_ess} of {P} prompts, and {unseen_note}; {ess_note}. Estimated reward "
+            f"{base:.3f} -> {base + gain:.3f} (gain {gain:+.3f}, {level} CI [{snis_ci[0]:+.3f}, {snis_ci[1]:+.3f}] "
             f"taking every prompt's estimate; [{lo:+.3f}, {hi:+.3f}] for {scope} when {hidden} prompts may hide "
-            f"answers heavier than their samples and have any reward in [{r_range[0]:g}, {r_range[1]:g}]). Draw "
-            f"about {needed} base samples per prompt (an estimate: ESS grows in proportion to the samples)."
+            f"heavier answers and the unseen answers have {bounds}). Draw about {needed} base samples per prompt "
+            "(an estimate)."
         )
     else:
         message = (
             f"Power sampling at alpha={alpha:g} {what}: predicted reward {base:.3f} -> {base + gain:.3f} "
-            f"(gain {gain:+.3f}, {confidence:.0%} CI [{lo:+.3f}, {hi:+.3f}] for {scope}; "
+            f"(gain {gain:+.3f}, {level} CI [{lo:+.3f}, {hi:+.3f}] for {scope}; "
             f"Cov_p(r, log p) = {curve[0]:+.3f}); {ess_note}."
         )
-        if hidden:
+        if hidden or share.mean() > _SHARE:
             message += (
-                f" The CI lets {hidden} of {P} prompts hide answers heavier than their samples, with any reward in "
-                f"[{r_range[0]:g}, {r_range[1]:g}] (ESS < {m:.1f} on {low_ess})"
+                f" The CI lets {hidden} of {P} prompts hide heavier answers (ESS < {m:.1f} on {low_ess}), and "
+                f"{unseen_note}, with {bounds}"
             )
             message += (
                 f"; about {needed} base samples per prompt would estimate every prompt."
@@ -418,4 +491,5 @@ def covariance_diagnostic(
         snis_gain_ci=snis_ci,
         samples_needed=needed,
         withheld=withheld,
+        unseen_share=float(share.mean()),
     )
