@@ -260,3 +260,36 @@ def test_bad_rewards_and_settings_are_refused():
         covariance_diagnostic(r, lp, math.inf)
     with pytest.raises(ValueError, match="bootstrap"):
         covariance_diagnostic(r, lp, 2.0, bootstrap=-1)
+
+
+def test_weight_spread_with_the_right_answer_as_the_hidden_mode_gives_no_wrong_hurt():
+    """`_spread_table` with the rewards mirrored (the hidden mode right, true gain +0.495): "hurt" at most twice in 40.
+    Bug caught: the upper end widened the wrong way (every other scenario here has a negative or edge gain: that
+    mutant said "hurt" 40 of 40)."""
+    logp, r = _spread_table()
+    r = 1.0 - r
+    rng = np.random.default_rng(1)
+    verdicts = []
+    for rep in range(40):
+        idx = rng.choice(logp.size, size=(20, 16), p=np.exp(logp))
+        verdicts.append(
+            covariance_diagnostic(r[idx], logp[idx], 8.0, num_points=2, bootstrap=100, seed=rep).verdict
+        )
+    assert verdicts.count("hurt") <= 2, verdicts
+
+
+def test_the_bias_term_moves_the_interval_on_its_side(issue_table, monkeypatch):
+    """The interval's ends move by the mean first-order SNIS bias b on the side the correction points to: with b
+    set to 0 the lower end rises by max(b, 0) and the upper end falls by -min(b, 0), exactly. Bug caught: the term
+    dropped from the interval, or applied on the wrong side (the coverage tests cannot see either)."""
+    import trl_power.diagnostic as diagnostic
+
+    logp, r, _ = issue_table
+    rw, lp = _draw(logp, r, 16, np.random.default_rng(7))
+    with_bias = covariance_diagnostic(rw, lp, ALPHA, num_points=2, bootstrap=50, seed=0)
+    b = float(diagnostic._snis_bias(rw, lp, np.ones_like(rw), ALPHA).mean())
+    assert abs(b) > 1e-3
+    monkeypatch.setattr(diagnostic, "_snis_bias", lambda r, lp, mask, alpha: np.zeros(r.shape[0]))
+    without = covariance_diagnostic(rw, lp, ALPHA, num_points=2, bootstrap=50, seed=0)
+    assert with_bias.gain_ci[0] == pytest.approx(without.gain_ci[0] - max(b, 0.0), abs=1e-12)
+    assert with_bias.gain_ci[1] == pytest.approx(without.gain_ci[1] - min(b, 0.0), abs=1e-12)
