@@ -200,7 +200,7 @@ def test_distill_weights_ignored(monkeypatch, tmp_path):
     assert_caught("distillation: weights ignored", check, tmp_path, 8, 300)
 
 
-def _unit_weights(self, batch):
+def _unit_weights(self, batch, training):
     tokens = (batch["labels"][:, 1:] != -100).sum(1).float()
     return tokens, torch.ones_like(tokens)
 
