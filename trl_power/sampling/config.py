@@ -222,8 +222,12 @@ class PowerSamplingOutput:
         prompts: The prompts as given to `sample` (text or token ids), for `to_dataset`.
         stats: Cost and diagnostics: `prefill_tokens` and `decode_tokens` (real tokens fed through the
             model; padding not counted), `tokens_forwarded` (their sum), `seconds`, `num_samples`,
-            `runs_without_finished`, and per method `acceptance_rate` (MH), `resample_count` and `mean_ess`
-            (SMC), `mean_ess` (SIR).
+            `runs_without_finished`, and per method `acceptance_rate` and `mh_attempts` (MH), `resample_count`
+            and `mean_ess` (SMC: the ESS at its resampling checks), `mean_ess` (SIR), and for SMC and SIR
+            `final_ess` (mean over runs of the ESS of the final weights) and `degenerate_runs` (runs whose final
+            ESS is below 2: one particle's answer, reweighted). `PowerSampler.sample` warns, naming the setting
+            to change, when most answers were cut, most runs are degenerate, or MH accepted under 1% of its
+            proposals.
     """
 
     completions: list[str]

@@ -31,6 +31,11 @@ from trl_power.sampling.sir import sample_sir
 from trl_power.sampling.smc import sample_smc
 from trl_power.seeding import chain_generator, fresh_seed
 
+#: A run whose final weights have an ESS below this is one particle's answer (`degenerate_runs`).
+DEGENERATE_ESS = 2.0
+#: An MH run that accepted fewer than this share of its proposals barely left its initial samples.
+MIN_ACCEPTANCE = 0.01
+
 _METHODS = {
     "plain": sample_plain,
     "temperature": sample_plain,
@@ -99,6 +104,7 @@ class PowerSampler:
         with torch.no_grad():
             out = self._sample(prompts)
         self._warn_unfinished(out)
+        self._warn_untrustworthy(out)
         return out
 
     def _sample(self, prompts: Sequence[str] | Sequence[Sequence[int]]) -> PowerSamplingOutput:
@@ -166,6 +172,10 @@ class PowerSampler:
             out_stats["mean_ess"] = stats["_ess_sum"] / max(1, stats["_ess_count"])
         if "ess" in stats:
             out_stats["mean_ess"] = float(np.mean(stats["ess"]))
+        if "final_ess" in stats:  # ESS of each run's final weights: < 2 is one particle's answer, reweighted
+            final = np.asarray(stats["final_ess"])
+            out_stats["final_ess"] = float(final.mean())
+            out_stats["degenerate_runs"] = int(((final > 0) & (final < DEGENERATE_ESS)).sum())
         return PowerSamplingOutput(
             completions=texts,
             completion_ids=ids,
@@ -192,6 +202,28 @@ class PowerSampler:
                 f"{cut} of {runs} {'runs' if weights is not None else 'answers'} did not finish (no {ends} within "
                 f"max_new_tokens={self.config.max_new_tokens}): they are cut answers (`finished` is False). Set "
                 "stop_strings (e.g. ['\\n'] for a base model answering a few-shot prompt) or raise max_new_tokens.",
+                stacklevel=3,
+            )
+
+    def _warn_untrustworthy(self, out: PowerSamplingOutput) -> None:
+        """Warn, naming the setting to change, when the sampler's own statistics say its answers are not near
+        p^alpha: most SMC/SIR runs ended with one particle carrying the weight (`degenerate_runs`: final ESS < 2), or
+        MH accepted (almost) none of its proposals (`acceptance_rate` < 1% of at least 20)."""
+        cfg, stats = self.config, out.stats
+        runs = len(out) // cfg.num_particles if out.weights is not None else len(out)
+        if runs and stats.get("degenerate_runs", 0) > runs / 2:
+            warnings.warn(
+                f"{cfg.method}: in {stats['degenerate_runs']} of {runs} runs one particle carries almost all the "
+                f"final weight (ESS < {DEGENERATE_ESS:g} of num_particles={cfg.num_particles}; mean final ESS "
+                f"{stats['final_ess']:.2f}), so each answer is one proposal's, not a draw near p^alpha. Raise "
+                "num_particles, bring proposal_temperature nearer 1/alpha, or lower alpha.",
+                stacklevel=3,
+            )
+        if stats.get("mh_attempts", 0) >= 20 and stats["acceptance_rate"] < MIN_ACCEPTANCE:
+            warnings.warn(
+                f"mh: {stats['acceptance_rate']:.1%} of {stats['mh_attempts']} proposals accepted, so the chains "
+                "barely moved from their initial samples (plain draws of the proposal). Raise mcmc_steps, lower "
+                "block_size, or bring proposal_temperature nearer 1/alpha.",
                 stacklevel=3,
             )
 

@@ -146,6 +146,7 @@ def sample_smc(engine: Engine, prompts, run_prompt, generators, config: PowerSam
         sl = slice(r * N, (r + 1) * N)
         w = run_weights(logw[sl])
         stats.setdefault("log_z", []).append(log_mean_exp(logw[sl]))
+        stats.setdefault("final_ess", []).append(effective_sample_size(w))
         if config.return_all_particles:
             results.append([(toks[i], sum(lps[i]), float(w[i - r * N])) for i in range(r * N, (r + 1) * N)])
         else:
