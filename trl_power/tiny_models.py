@@ -5,7 +5,7 @@ A word-level tokenizer from the `tokenizers` library wrapped in `PreTrainedToken
 distribution over completions (cross-entropy sum_y target(y) * -log p(y|x), all leaves enumerated), which
 is how tests build models whose power distribution is known to differ from low-temperature sampling.
 
-Saving: with transformers 5.24, `AutoTokenizer.from_pretrained` on a folder whose config is Qwen2 reloads this
+Saving: with the locked transformers (requirements/lock.txt), `AutoTokenizer.from_pretrained` on a folder whose config is Qwen2 reloads this
 word-level tokenizer as a `Qwen2Tokenizer` (words and spaces get lost); models that are saved and reloaded
 (trainers, recipes, the tasks) therefore use `arch="llama"`, or load the tokenizer with
 `PreTrainedTokenizerFast.from_pretrained`.

@@ -1,7 +1,7 @@
 """Before paying for power sampling: will sharpening to p^alpha raise the accuracy? The covariance diagnostic.
 
     trl-power diagnose --dataset_name outputs/tiny/eval_plain/answers.jsonl --alpha 4
-    python recipes/diagnose.py --config recipes/configs/tiny/diagnose.yaml
+    python recipes/diagnose.py --dataset_name outputs/tiny/eval_plain/answers.jsonl --alpha 4
 
 d/d alpha E_{p_alpha}[r] = Cov_{p_alpha}(r, log p), so E_{p_alpha}[r] - E_p[r] = integral_1^alpha Cov_{p_s}(r, log p) ds,
 estimated from plain samples of the base model with self-normalised weights p^(s-1), per prompt, with a bootstrap

@@ -2,7 +2,7 @@
 
     accelerate launch recipes/evaluate.py --config recipes/configs/qwen2.5-math-7b/eval_mh.yaml
     trl-power eval --config recipes/configs/qwen2.5-math-7b/eval_mh.yaml --accelerate_config multi_gpu
-    python recipes/evaluate.py --config recipes/configs/tiny/eval.yaml               # offline, CPU, seconds
+    python recipes/evaluate.py --config recipes/configs/tiny/eval_plain.yaml         # offline, CPU, seconds
 
 The answers are drawn like `recipes/power_sample.py` draws them (sharded over the processes, resumable, in
 `output_dir/samples/`), then checked by the verifier on the main process (`verifier: math` for MATH-500 / GSM8K-style
