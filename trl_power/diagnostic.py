@@ -393,7 +393,7 @@ def covariance_diagnostic(
     s = np.linspace(1.0, alpha, num_points)
     P = r.shape[0]
 
-    cov, _, ess = power_moments(r, lp, mask, s)
+    cov, power_reward, ess = power_moments(r, lp, mask, s)
     curve = cov.mean(0)
     base = float(((r * mask).sum(1) / mask.sum(1)).mean())
     sizes = mask.sum(1).astype(int)
@@ -415,9 +415,8 @@ def covariance_diagnostic(
     # Answers no sample hit carry a share h_i of prompt i's p^alpha (Good-Turing): its E_{p_alpha}[r] is then
     # (1 - h_i) R_i + h_i r_unseen, r_unseen anywhere in [min r, max r], R_i the estimate from the samples.
     share, log_s = unseen_share(lp, mask, alpha)
-    power_reward = per_prompt[0] + (r * mask).sum(-1) / mask.sum(-1)
-    widen_low = float((share * (power_reward - r_range[0])).mean())
-    widen_high = float((share * (r_range[1] - power_reward)).mean())
+    widen_low = float((share * (power_reward[:, -1] - r_range[0])).mean())  # R_i: E_{p_alpha}[r] at s = alpha
+    widen_high = float((share * (r_range[1] - power_reward[:, -1])).mean())
     # No clip to [min r - base, max r - base]: base is an estimate, and each replicate keeps to its own bounds.
     snis_ci = _interval(bg, gain, confidence, interval)
     bias = float(_snis_bias(r, lp, mask, alpha).mean())

@@ -170,12 +170,12 @@ class PowerSampler:
         if "_ess_count" in stats:
             out_stats["resample_count"] = stats["resample_count"]
             out_stats["mean_ess"] = stats["_ess_sum"] / max(1, stats["_ess_count"])
-        if "ess" in stats:
-            out_stats["mean_ess"] = float(np.mean(stats["ess"]))
         if "final_ess" in stats:  # ESS of each run's final weights: < 2 is one particle's answer, reweighted
             final = np.asarray(stats["final_ess"])
             out_stats["final_ess"] = float(final.mean())
             out_stats["degenerate_runs"] = int(((final > 0) & (final < DEGENERATE_ESS)).sum())
+            if "_ess_count" not in stats:  # SIR: no resampling checks, its ESS is the final weights'
+                out_stats["mean_ess"] = out_stats["final_ess"]
         return PowerSamplingOutput(
             completions=texts,
             completion_ids=ids,
@@ -192,7 +192,7 @@ class PowerSampler:
         """Warn when most answers (most runs, for weighted particle sets) were cut at max_new_tokens: a base model
         rarely emits EOS after a short answer, and cut answers are then what the sampler returns."""
         weights = out.weights
-        runs = len(out) // self.config.num_particles if weights is not None else len(out)
+        runs = self._num_runs(out)
         cut = out.stats["runs_without_finished"] if weights is not None else sum(not f for f in out.finished)
         if runs and cut > runs / 2:
             ends = "EOS" + (
@@ -210,7 +210,7 @@ class PowerSampler:
         p^alpha: most SMC/SIR runs ended with one particle carrying the weight (`degenerate_runs`: final ESS < 2), or
         MH accepted (almost) none of its proposals (`acceptance_rate` < 1% of at least 20)."""
         cfg, stats = self.config, out.stats
-        runs = len(out) // cfg.num_particles if out.weights is not None else len(out)
+        runs = self._num_runs(out)
         if runs and stats.get("degenerate_runs", 0) > runs / 2:
             warnings.warn(
                 f"{cfg.method}: in {stats['degenerate_runs']} of {runs} runs one particle carries almost all the "
@@ -226,6 +226,10 @@ class PowerSampler:
                 "block_size, or bring proposal_temperature nearer 1/alpha.",
                 stacklevel=3,
             )
+
+    def _num_runs(self, out: PowerSamplingOutput) -> int:
+        """Runs behind an output: one per answer, or one per `num_particles` rows of weighted particle sets."""
+        return len(out) // self.config.num_particles if out.weights is not None else len(out)
 
     def _has_target(self) -> bool:
         return self.config.method in ("mh", "smc", "sir", "lookahead", "exact")

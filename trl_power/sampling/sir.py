@@ -61,7 +61,6 @@ def sample_sir(engine: Engine, prompts, run_prompt, generators, config: PowerSam
         )
         w = run_weights(logw)
         stats.setdefault("log_z", []).append(log_mean_exp(logw))
-        stats.setdefault("ess", []).append(effective_sample_size(w))
         stats.setdefault("final_ess", []).append(effective_sample_size(w))
         if config.return_all_particles:
             results.append([(t, float(lp), float(wi)) for t, lp, wi in zip(toks[sl], logp, w)])

@@ -45,7 +45,7 @@ def proposal_logprobs(
 
 def sample_from_logprobs(
     logq: torch.Tensor, u: torch.Tensor, block: int = 1024, rows_per_chunk: int = 64
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse-CDF draw: the first v with CDF(v) > u * CDF(V), CDF(v) = sum_{v' <= v} exp(log q(v')) in float64 on
     CPU (so every backend draws alike, with the probabilities log q states to float64 precision). In two levels, so
     that a 262k-token vocabulary needs no float64 cumulative sum over the whole row: the block of `block` tokens where
@@ -448,9 +448,8 @@ class TransformersEngine:
             self.model
         )  # feeds every row's pending token: the cache now holds whole sequences
         self.counter.decode_tokens += state.batch_size
-        logp = logits - torch.logsumexp(
-            logits, -1, keepdim=True
-        )  # exact, unlike CPU log_softmax (sample_step)
+        # logits - logsumexp: exact, unlike torch's float32 log_softmax on CPU (sample_step)
+        logp = logits - torch.logsumexp(logits, -1, keepdim=True)
         top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
         k = top.indices.shape[1]
         parents = torch.arange(state.batch_size, device=logp.device).repeat_interleave(k)

@@ -201,8 +201,8 @@ def _expected_batch_ess(weights: Any, batch_size: int, draws: int = 200, seed: i
     """The mean effective sample size (sum w)^2 / sum w^2 of random batches of `batch_size` rows (Monte Carlo)."""
     w = np.asarray(weights, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    b = min(batch_size, w.size)
-    return float(np.mean([effective_sample_size(rng.choice(w, b, replace=False)) for _ in range(draws)]))
+    batches = np.stack([rng.choice(w, min(batch_size, w.size), replace=False) for _ in range(draws)])
+    return float(effective_sample_size(batches, axis=1).mean())
 
 
 def _is_empty_completion(value: Any) -> bool:
@@ -692,6 +692,12 @@ class PowerDistillTrainer(SFTTrainer):
             return self._fixed_mean_weighted_tokens
         return self._weighted_tokens_sum / max(1, self._rows_seen)
 
+    def _row_divisor(self, training: bool) -> float:
+        """The divisor per row of a training batch: m, or m_w = m * n / sum_i w_i for weight-drawn rows."""
+        return self.mean_weighted_tokens * (
+            self._sampled_length_scale if self._weights_sampled(training) else 1.0
+        )
+
     def _get_num_items_in_batch(self, batch_samples, device):
         # The loss divisor of the accumulated batch (summed over processes when the parent does), see
         # `PowerDistillConfig.loss_normalizer`: b * m ("dataset_mean") or sum_i w_i T_i ("batch_tokens").
@@ -708,10 +714,7 @@ class PowerDistillTrainer(SFTTrainer):
             return num_items_in_batch
         rows = [self._loss_tokens_and_weights(b, training) for b in batch_samples]
         if self.args.loss_normalizer == "dataset_mean":
-            mean = self.mean_weighted_tokens * (
-                self._sampled_length_scale if self._weights_sampled(training) else 1.0
-            )
-            local = torch.tensor(sum(len(t) for t, _ in rows) * mean, device=device)
+            local = torch.tensor(sum(len(t) for t, _ in rows) * self._row_divisor(training), device=device)
         else:
             local = sum((t * w).sum() for t, w in rows).to(device)
         return self._as_parent_divisor(local)
@@ -763,11 +766,7 @@ class PowerDistillTrainer(SFTTrainer):
             # w_i T_i of the data set evaluated, so that the evaluation's mean loss is its L
             divisor = w.numel() * self._eval_mean_weighted_tokens
         elif self.args.loss_normalizer == "dataset_mean" and training and self.mean_weighted_tokens > 0:
-            divisor = (
-                w.numel()
-                * self.mean_weighted_tokens
-                * (self._sampled_length_scale if self._weights_sampled(training) else 1.0)
-            )
+            divisor = w.numel() * self._row_divisor(training)
         else:
             divisor = (mask * w).sum()
         loss = per_token_loss.sum() / torch.as_tensor(divisor).clamp(min=1e-12)
