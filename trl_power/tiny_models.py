@@ -14,6 +14,7 @@ word-level tokenizer as a `Qwen2Tokenizer` (words and spaces get lost); models t
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -158,3 +159,187 @@ def trap_target(
 def trap_answer(eos_id: int = 0, decision_position: int = 0) -> tuple[int, ...]:
     """The strong sequence of `trap_target`."""
     return (3,) * decision_position + (2, 3, eos_id)
+
+
+def markov_model(
+    logits: torch.Tensor,
+    hidden_size: int = 128,
+    num_heads: int = 2,
+    max_position_embeddings: int = 1024,
+    eos_token_id: int = 0,
+) -> torch.nn.Module:
+    """A Llama whose next-token law depends on the current token alone: p(v | ..., t) = softmax(logits[t])_v.
+
+    One decoder layer whose attention and MLP write nothing (o_proj and down_proj are 0), so the residual stream at
+    a position is the embedding of its token, e_t = the t-th unit vector; the final RMSNorm (weight 1/sqrt(d), d =
+    `hidden_size`) maps it to e_t up to a factor (1 + eps d)^(-1/2) ~ 1 - 1e-10, and lm_head[v, t] = logits[t, v].
+    Both engines serve it (a standard Llama; head size 64 by default, which vLLM's CPU attention needs), and its
+    power distribution at any length follows by dynamic programming (`markov_power_law`). `logits`: [V, V], V <=
+    hidden_size; read the law the model actually has with `markov_log_transitions`."""
+    V = logits.shape[0]
+    if logits.shape != (V, V) or hidden_size < V:
+        raise ValueError(f"logits must be [V, V] with V <= hidden_size={hidden_size}, got {tuple(logits.shape)}")
+    if not torch.isfinite(logits).all():
+        raise ValueError("logits must be finite (a zero probability: use a large negative logit, e.g. -30)")
+    config = LlamaConfig(
+        vocab_size=V,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=1e-12,
+        eos_token_id=eos_token_id,
+        pad_token_id=None,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        layer = model.model.layers[0]
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.model.embed_tokens.weight[:, :V] = torch.eye(V)
+        model.model.norm.weight.fill_(hidden_size**-0.5)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[:, :V] = logits.T.float()
+    model.generation_config.eos_token_id = eos_token_id
+    model.generation_config.pad_token_id = None
+    return model.eval()
+
+
+def markov_log_transitions(model: torch.nn.Module) -> torch.Tensor:
+    """log p(v | t) [V, V] in float64, read off the model's forward pass on each single token (its float32 logits)."""
+    V = model.config.vocab_size
+    with torch.no_grad():
+        logits = model(input_ids=torch.arange(V)[:, None]).logits[:, -1]
+    return torch.log_softmax(logits.double(), -1)
+
+
+def markov_power_law(
+    log_transitions: torch.Tensor,
+    last_prompt_token: int,
+    alpha: float,
+    horizon: int,
+    finished_only: bool = True,
+    eos_token_id: int = 0,
+    prefix_tokens: int = 2,
+) -> dict:
+    """Exact laws of p^alpha over the answers of a Markov model (`markov_model`) within `horizon` = H new tokens.
+
+    With A = alpha * log P (log-space throughout) and s the last prompt token, the mass of the answers of n tokens is
+    m(n) = sum over y_1..y_n of exp(sum_t A[y_{t-1}, y_t]) (y_0 = s) with y_n = EOS and no EOS before (finished), and
+    for the answers cut at H, paths of H tokens without EOS (counted only when `finished_only` is False: the power of
+    p truncated at H). Forward recursion over the last token for m; the backward one, g_k(t) = the mass of every
+    continuation within k more tokens after t (g_0 = 1 for a cut answer unless `finished_only`, else 0), gives the law
+    of the first `prefix_tokens` tokens: P(y_{1:j}) ∝ exp(sum_{t<=j} A[y_{t-1}, y_t]) g_{H-j}(y_j) (or the answer's
+    own mass when it ends by j).
+
+    Returns {"length": {(n, finished): prob}, "prefix": {tuple of the first <= prefix_tokens tokens: prob},
+    "log_z": log sum_y p(y)^alpha over the target, "mean_length": E[n]} (finished: 1, cut: 0)."""
+    A = alpha * log_transitions.double()
+    V = A.shape[0]
+    word = torch.ones(V, dtype=torch.bool)
+    word[eos_token_id] = False
+    neg = torch.tensor(-math.inf, dtype=torch.float64)
+    # forward: f[v] = log mass of paths of n tokens, none EOS, ending in v
+    f = A[last_prompt_token].clone()
+    log_mass = {(1, 1): float(A[last_prompt_token, eos_token_id])}
+    f = torch.where(word, f, neg)
+    for n in range(2, horizon + 1):
+        log_mass[(n, 1)] = float(torch.logsumexp(f + A[:, eos_token_id], 0))
+        f = torch.where(word, torch.logsumexp(f[:, None] + A, 0), neg)
+    if not finished_only:
+        log_mass[(horizon, 0)] = float(torch.logsumexp(f, 0))
+    keys = list(log_mass)
+    logs = torch.tensor([log_mass[k] for k in keys])
+    log_z = float(torch.logsumexp(logs, 0))
+    probs = (logs - log_z).exp().tolist()
+    length = dict(zip(keys, probs))
+    # backward: g[k][t] = log mass of what can follow a word t with k tokens left
+    g = [torch.full((V,), 0.0 if not finished_only else -math.inf, dtype=torch.float64)]
+    for _ in range(horizon):
+        cont = torch.where(word, A + g[-1][None, :], neg)
+        g.append(torch.logaddexp(A[:, eos_token_id], torch.logsumexp(cont, 1)))
+    prefix: dict[tuple[int, ...], float] = {}
+    frontier = [((), last_prompt_token, 0.0)]
+    for j in range(1, min(prefix_tokens, horizon) + 1):
+        nxt = []
+        for seq, last, lm in frontier:
+            for v in range(V):
+                lv = lm + float(A[last, v])
+                if v == eos_token_id:
+                    prefix[(*seq, v)] = lv
+                elif j == min(prefix_tokens, horizon):
+                    prefix[(*seq, v)] = lv + float(g[horizon - j][v])
+                else:
+                    nxt.append(((*seq, v), v, lv))
+        frontier = nxt
+    prefix = {k: math.exp(v - log_z) for k, v in prefix.items() if v > -math.inf}
+    mean_length = sum(n * p for (n, _), p in length.items())
+    return {"length": length, "prefix": prefix, "log_z": log_z, "mean_length": mean_length}
+
+
+def two_cycle_logits(
+    first_a: float = 0.35,
+    stay_a: float = 0.985,
+    end_a: float = 0.01,
+    stay_b: float = 0.995,
+    end_b: float = 0.004,
+) -> torch.Tensor:
+    """log p(next | current) [10, 10] of a Markov model with long answers (`markov_model`): token 0 is EOS, 9 the
+    prompt, 1-4 and 5-8 two cycles (1->2->3->4->1, 5->6->7->8->5). From the prompt, cycle a starts with `first_a`,
+    cycle b with 1 - first_a - 0.02 (EOS 0.005, the other words the rest); in a cycle the next token follows with
+    `stay_*`, EOS with `end_*`, any other word with the rest. Under p most answers run ~100 tokens; p^4's answers are
+    shorter (the defaults: mean 17.6 at 64 new tokens, 19% beyond 32; 28.3 at 256) and split between the cycles
+    about evenly, where low temperature (per-token p^4) starts cycle b nine times in ten."""
+    P = torch.zeros(10, 10, dtype=torch.float64)
+    P[9, 1], P[9, 5], P[9, 0] = first_a, 1 - first_a - 0.02, 0.005
+    P[9, [2, 3, 4, 6, 7, 8]] = 0.015 / 6
+    for cycle, stay, end in (((1, 2, 3, 4), stay_a, end_a), ((5, 6, 7, 8), stay_b, end_b)):
+        for k, t in enumerate(cycle):
+            P[t, 1:9] = (1 - stay - end) / 7
+            P[t, cycle[(k + 1) % 4]] = stay
+            P[t, 0] = end
+    P[0, :9] = 1 / 9  # after EOS (never reached by a sampler)
+    P[:, 9] = 1e-9  # the prompt token is (almost) never generated
+    return (P / P.sum(1, keepdim=True)).log()
+
+
+def markov_power_samples(
+    log_transitions: torch.Tensor,
+    last_prompt_token: int,
+    alpha: float,
+    horizon: int,
+    n: int,
+    seed: int = 0,
+    finished_only: bool = True,
+    eos_token_id: int = 0,
+) -> list[list[int]]:
+    """n exact draws from p^alpha over the answers of a Markov model within `horizon` tokens (the law of
+    `markov_power_law`): token by token, P(y_j = v | y_<j) ∝ exp(A[y_{j-1}, v]) g_{H-j}(v), g the backward masses
+    (for v = EOS: exp(A[y_{j-1}, EOS]), the answer ends)."""
+    A = alpha * log_transitions.double()
+    V = A.shape[0]
+    word = torch.ones(V, dtype=torch.bool)
+    word[eos_token_id] = False
+    neg = torch.tensor(-math.inf, dtype=torch.float64)
+    g = [torch.full((V,), 0.0 if not finished_only else -math.inf, dtype=torch.float64)]
+    for _ in range(horizon):
+        g.append(torch.logaddexp(A[:, eos_token_id], torch.logsumexp(torch.where(word, A + g[-1][None, :], neg), 1)))
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        last, answer = last_prompt_token, []
+        for j in range(1, horizon + 1):
+            logits = A[last] + torch.where(word, g[horizon - j], torch.zeros(V, dtype=torch.float64))
+            v = int(torch.multinomial(torch.softmax(logits, 0), 1, generator=gen))
+            answer.append(v)
+            if v == eos_token_id:
+                break
+            last = v
+        out.append(answer)
+    return out

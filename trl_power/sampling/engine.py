@@ -12,7 +12,8 @@ A sampler holds *rows* (chains, particles, proposals): each row is a token seque
   of them (row b's children are b*k .. b*k + k - 1); `rows` is consumed;
 - `score(prompts, completions)`: per-token log p of given completions.
 
-Rows are rearranged without any model call: `rows.select(idx)` (repeats allowed: resampling), `rows.truncate(idx,
+Rows are rearranged without any model call: `rows.select(idx)` (repeats allowed), `rows.reorder(idx)` (the same,
+consuming `rows`, which lets an engine move only the rows that change: SMC's resampling), `rows.truncate(idx,
 lengths)` (an MH cut point: the first lengths[b] tokens of row idx[b]), `rows.replace(idx, other)`. Two engines
 implement this: `TransformersEngine` (transformers_engine.py: the project's own batched decode loop, a KV cache per
 row that these operations gather) and `VLLMEngine` (vllm_engine.py: an offline `vllm.LLM`, rows are token lists and
@@ -90,6 +91,8 @@ class Rows(Protocol):
     tokens: list[list[int]]
 
     def select(self, idx: Sequence[int]) -> Rows: ...
+
+    def reorder(self, idx: Sequence[int]) -> Rows: ...
 
     def truncate(self, idx: Sequence[int], lengths: Sequence[int]) -> Rows: ...
 

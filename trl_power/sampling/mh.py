@@ -83,7 +83,10 @@ def draw_cut(law: list[float], u: float) -> int:
     return len(law) - 1
 
 
-def sample_mh(engine: Engine, prompts, run_prompt, generators, config: PowerSamplingConfig, stats):
+def sample_mh(engine: Engine, prompts, run_prompt, generators, config: PowerSamplingConfig, stats, initial=None):
+    """MH chains, one per run (run b answers prompt `run_prompt[b]`); returns per run [(answer ids, log p, None)].
+    `initial` (tests of the kernel: one answer per run): the chains start from these answers instead of a first
+    draw from q, so that a chain started in p^alpha must stay there; one block, tau = 1, no truncation."""
     B = len(run_prompt)
     tau, k, p = config.proposal_tau, config.top_k, config.top_p
     rule = config.mh_suffix_rule
@@ -96,6 +99,13 @@ def sample_mh(engine: Engine, prompts, run_prompt, generators, config: PowerSamp
     entropy_cut = config.mh_cut == "entropy"
     mix = config.mh_cut_uniform_weight
     rows = engine.start(prompts, run_prompt)  # rows.tokens[b]: prompt + the chain's current answer
+    if initial is not None:
+        if config.mh_block_size < config.max_new_tokens or config.proposal_tau != 1 or k or p or entropy_cut:
+            raise ValueError("initial answers need one block, proposal_temperature 1, no top_k/top_p, uniform cuts")
+        starts = [list(prompts[i]) + list(a) for i, a in zip(run_prompt, initial)]
+        rows = engine.start(starts, range(B))
+        lps = [list(x) for x in engine.score([prompts[i] for i in run_prompt], [list(a) for a in initial])]
+        lqs = [list(x) for x in lps]
     done = [False] * B
     attempts = accepts = 0
     block = config.mh_block_size
@@ -108,7 +118,8 @@ def sample_mh(engine: Engine, prompts, run_prompt, generators, config: PowerSamp
             break
         # 1) grow every live chain to the horizon (or EOS)
         sub_rng = rng.subset(act)
-        steps = [horizon - (len(rows.tokens[b]) - plen[b]) for b in act]
+        ended = [rows.tokens[b][-1] in eos_set and len(rows.tokens[b]) > plen[b] for b in act]
+        steps = [0 if e else horizon - (len(rows.tokens[b]) - plen[b]) for b, e in zip(act, ended)]
         sub, _, lp, lq, ent = engine.extend(rows.select(act), sub_rng, steps, tau, k, p, entropy=entropy_cut)
         for j, b in enumerate(act):
             lps[b] += lp[j]

@@ -70,6 +70,17 @@ def still_decoding(live: np.ndarray, new_tokens: list[list[int]], eos_ids) -> np
     return live & ~ended
 
 
+def alive_ess(logw: np.ndarray, alive: np.ndarray, runs: int, particles: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per run (rows r*N .. r*N + N - 1): the ESS (sum w)^2 / sum w^2 of the weights of its particles still decoding
+    (0 when none carries weight), and how many are still decoding."""
+    lw = np.where(alive, logw, -np.inf).reshape(runs, particles)
+    top = lw.max(1)
+    w = np.zeros_like(lw)
+    finite = np.isfinite(top)
+    w[finite] = np.exp(lw[finite] - top[finite, None])
+    return effective_sample_size(w, axis=1), alive.reshape(runs, particles).sum(1)
+
+
 def resampled_log_weights(logw_alive: np.ndarray, ancestors: np.ndarray) -> np.ndarray:
     """After resampling a run's alive particles: each gets their mean weight (log-mean-exp of the old weights),
     which keeps the normalising-constant estimate; the ancestors' own weights are not carried over."""
@@ -92,47 +103,56 @@ def sample_smc(engine: Engine, prompts, run_prompt, generators, config: PowerSam
     logw = np.zeros(R * N)
     alive = np.ones(R * N, dtype=bool)
     logp_seq = np.zeros(R * N)  # cumulative log p of each particle
+    # the particles the engine's rows hold, in order: every alive one, and complete ones until they are more than half
+    # (then dropped in one move, so that complete particles cost no forward passes and no cache moves)
+    ids = np.arange(R * N)
     resamples, ess_sum, ess_count, generated = 0, 0.0, 0, 0
     alpha_prev = annealed_alpha(config.alpha, 0, config.anneal_tokens)
     while generated < H and alive.any():
         k = min(interval, H - generated)
-        steps = np.where(alive, k, 0).tolist()
-        rows, new_t, new_p, new_q, _ = engine.extend(
-            rows, rng, steps, config.proposal_tau, config.top_k, config.top_p
+        sub_rng = rng if len(ids) == R * N else RunRandom(generators, (ids // N).tolist())
+        rows, sub_t, sub_p, sub_q, _ = engine.extend(
+            rows, sub_rng, np.where(alive[ids], k, 0).tolist(), config.proposal_tau, config.top_k, config.top_p
         )
-        logp_new = logp_seq + np.array([sum(x) for x in new_p])
+        new_t: list[list[int]] = [[] for _ in range(R * N)]
+        sum_p, sum_q = np.zeros(R * N), np.zeros(R * N)
+        for j, i in enumerate(ids.tolist()):
+            if sub_t[j]:
+                new_t[i] = sub_t[j]
+                toks[i] += sub_t[j]
+                lps[i] += sub_p[j]
+                sum_p[i], sum_q[i] = sum(sub_p[j]), sum(sub_q[j])
+        logp_new = logp_seq + sum_p
         alpha_now = annealed_alpha(config.alpha, generated + k, config.anneal_tokens)
-        logw = update_log_weights(
-            logw, alpha_now, alpha_prev, logp_new, logp_seq, np.array([sum(x) for x in new_q])
-        )
+        logw = update_log_weights(logw, alpha_now, alpha_prev, logp_new, logp_seq, sum_q)
         logp_seq, alpha_prev = logp_new, alpha_now
-        for i in np.flatnonzero(alive):
-            toks[i] += new_t[i]
-            lps[i] += new_p[i]
         alive = still_decoding(alive, new_t, engine.eos_ids)
         generated += k
         if generated >= H:
             break  # nothing is decoded after the last token: no resampling
         # resample the alive particles of runs whose alive ESS fell below the threshold
         order = np.arange(R * N)
-        for r in range(R):
+        ess, live = alive_ess(logw, alive, R, N)
+        ess_sum += float(ess[live > 0].sum())
+        ess_count += int((live > 0).sum())
+        for r in np.flatnonzero((live > 0) & (ess < config.ess_threshold * live)):
             live_rows = r * N + np.flatnonzero(alive[r * N : (r + 1) * N])
-            if len(live_rows) == 0:
-                continue
-            w = run_weights(logw[live_rows])
-            ess = effective_sample_size(w)
-            ess_sum += ess
-            ess_count += 1
-            if ess < config.ess_threshold * len(live_rows):
-                idx = systematic_resample(w, float(rng.run_uniform(r)))
-                order[live_rows] = live_rows[idx]
-                logw[live_rows] = resampled_log_weights(logw[live_rows], idx)
-                resamples += 1
-        if not np.array_equal(order, np.arange(R * N)):
-            rows = rows.select(order.tolist())
+            idx = systematic_resample(run_weights(logw[live_rows]), float(rng.run_uniform(int(r))))
+            order[live_rows] = live_rows[idx]
+            logw[live_rows] = resampled_log_weights(logw[live_rows], idx)
+            resamples += 1
+        moved = order != np.arange(R * N)
+        if moved.any():
+            position = np.zeros(R * N, dtype=np.int64)
+            position[ids] = np.arange(len(ids))
+            rows = rows.reorder(position[order[ids]].tolist())  # ids hold every alive particle, so order[ids] too
             alive, logp_seq = alive[order], logp_seq[order]
-            toks = [list(toks[j]) for j in order]
-            lps = [list(lps[j]) for j in order]
+            # a particle's token lists are extended in place: a resampled one gets its own copies
+            toks = [list(toks[j]) if m else toks[j] for j, m in zip(order, moved)]
+            lps = [list(lps[j]) if m else lps[j] for j, m in zip(order, moved)]
+        if 2 * int((~alive[ids]).sum()) > len(ids):
+            rows = rows.select(np.flatnonzero(alive[ids]).tolist())
+            ids = ids[alive[ids]]
     stats["resample_count"] = stats.get("resample_count", 0) + resamples
     stats["_ess_sum"] = stats.get("_ess_sum", 0.0) + ess_sum
     stats["_ess_count"] = stats.get("_ess_count", 0) + ess_count

@@ -44,7 +44,7 @@ def proposal_logprobs(
 
 
 def sample_from_logprobs(
-    logq: torch.Tensor, u: torch.Tensor, block: int = 1024, rows_per_chunk: int = 64
+    logq: torch.Tensor, u: torch.Tensor, block: int = 1024, rows_per_chunk: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse-CDF draw: the first v with CDF(v) > u * CDF(V), CDF(v) = sum_{v' <= v} exp(log q(v')) in float64 on
     CPU (so every backend draws alike, with the probabilities log q states to float64 precision). In two levels, so
@@ -53,11 +53,14 @@ def sample_from_logprobs(
     one cumulative sum only where a target lies within float64 rounding (~1e-16 relative) of a CDF value; a target
     at or past its block's in-block total (such rounding) takes the block's last token of positive probability, never
     a zero-probability slot (likewise a target at the row's total picks its last block of positive probability).
-    Rows go `rows_per_chunk` at a time, which bounds the float64 copy's memory.
+    Rows go `rows_per_chunk` at a time (default: 2^24 / V rows, at least one), which bounds the float64 copy's
+    memory to 128 MiB.
 
     Returns (token, log Z) per row, log Z = log sum_v exp(log q(v)) in float64: token v is drawn with probability
     exp(log q(v) - log Z) exactly, which is what the caller must use as its proposal probability (a float32
     log-softmax does not sum to 1 exactly: see `sample_step`)."""
+    if rows_per_chunk is None:
+        rows_per_chunk = max(1, (1 << 24) // logq.shape[-1])
     if logq.shape[0] > rows_per_chunk:
         chunks = [
             sample_from_logprobs(
@@ -230,6 +233,25 @@ class DecodeState:
         """Rows `rows` (repeats allowed: SMC resampling, SIR fan-out)."""
         return self.truncate(rows, self.mask[rows].sum(1), self.pending[rows])
 
+    def reorder_(self, rows: torch.Tensor) -> DecodeState:
+        """Rows `rows` (repeats allowed), in place: only the rows that change are copied, inside the cache's own
+        buffers, so an SMC resampling step moves the resampled rows' keys/values and nothing else. This state must
+        not be used under its old row order afterwards (SMC discards it). Without a cache yet (no `advance` since the
+        state was built), `select`."""
+        if self._cache is None or self.kv is None:
+            return self.select(rows)
+        changed = (rows != torch.arange(self.batch_size, device=rows.device)).nonzero().squeeze(1)
+        if changed.numel():
+            src = rows[changed]
+            for layer in self._cache.layers:
+                layer._k[changed] = layer._k[src]
+                layer._v[changed] = layer._v[src]
+            self.kv = [(layer.keys, layer.values) for layer in self._cache.layers]
+            self.mask = self.mask[rows]
+            self.positions = self.positions[rows]
+            self.pending = self.pending[rows]
+        return self
+
     def compact(self) -> DecodeState:
         """The same rows with the gaps left by inactive steps squeezed out."""
         return self.select(torch.arange(self.batch_size, device=self.pending.device))
@@ -391,6 +413,10 @@ class TransformersRows:
 
     def select(self, idx: Sequence[int]) -> TransformersRows:
         return TransformersRows(self.state.select(self._index(idx)), [list(self.tokens[i]) for i in idx])
+
+    def reorder(self, idx: Sequence[int]) -> TransformersRows:
+        """`select(idx)` that consumes these rows (in place: only the rows that change are copied)."""
+        return TransformersRows(self.state.reorder_(self._index(idx)), [list(self.tokens[i]) for i in idx])
 
     def truncate(self, idx: Sequence[int], lengths: Sequence[int]) -> TransformersRows:
         """Row idx[b] cut to its first lengths[b] tokens: the cache keeps lengths[b] - 1 of them, the last pending."""

@@ -456,6 +456,10 @@ class VLLMRows:
     def select(self, idx: Sequence[int]) -> VLLMRows:
         return VLLMRows([list(self.tokens[i]) for i in idx])
 
+    def reorder(self, idx: Sequence[int]) -> VLLMRows:
+        """`select(idx)` that consumes these rows (token lists: the same as `select`)."""
+        return self.select(idx)
+
     def truncate(self, idx: Sequence[int], lengths: Sequence[int]) -> VLLMRows:
         return VLLMRows([list(self.tokens[i][:n]) for i, n in zip(idx, lengths)])
 

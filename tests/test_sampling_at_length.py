@@ -1,0 +1,206 @@
+"""Exactness at length: SMC, SIR and MH against the closed-form p^alpha of a Markov model at 64-256 new tokens.
+
+The model (`trl_power.tiny_models.markov_model(two_cycle_logits())`) is a one-layer Llama whose next token depends on
+the current token alone: two cycles of words with rare EOS, answers of ~100 tokens under p and of 18 (64 new tokens)
+to 28 (256) under p^4, split between the cycles. Its p^alpha at any horizon follows by dynamic programming
+(`markov_power_law`), and exact draws from it by the backward masses (`markov_power_samples`).
+
+- SMC and SIR: what their weighted particles estimate is exact for any number of particles N: E[Ẑ sum_i w_i f(y_i)]
+  = sum_y p(y)^alpha f(y) (the resampling keeps the unnormalised measure unbiased). Checked with Hotelling's T^2 on the
+  cells (first token) x (length at most / beyond p^alpha's median) (+ cut answers), at level 1e-3. The single answer
+  a run returns is only consistent (bias O(1/N)): measured, not asserted (benchmarks/length.py, BENCHMARKS.md §12).
+- MH: its kernel leaves p^alpha invariant: chains started at exact draws of p^alpha (`sample_mh(initial=...)`) must
+  still have p^alpha's law after k steps, whatever the chain's mixing time (which grows with the length: measured in
+  benchmarks/length.py). Chi-square on the first two tokens and on the length bins at level 1e-3.
+The power of each check is stated with it (tests/test_mutations.py runs the wrong variants).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from exact_laws import chi_square
+from test_sampling_exactness import _hotelling_pvalue
+
+from trl_power import PowerSampler, PowerSamplingConfig, exact_power_distribution
+from trl_power.sampling.engine import make_engine
+from trl_power.sampling.mh import sample_mh
+from trl_power.seeding import chain_generator
+from trl_power.tiny_models import (
+    markov_log_transitions,
+    markov_model,
+    markov_power_law,
+    markov_power_samples,
+    two_cycle_logits,
+)
+
+LEVEL = 1e-3
+PROMPT = 9  # the prompt token of two_cycle_logits
+ALPHA = 4.0
+
+
+@pytest.fixture(scope="module")
+def markov():
+    model = markov_model(two_cycle_logits())
+    return model, markov_log_transitions(model)
+
+
+def test_the_markov_model_and_its_exact_laws(markov):
+    """The model is Markov (the logits at every position of a 300-token sequence are its table's row of the current
+    token); the dynamic programme equals enumeration at 4 tokens (both targets, alpha 4 and 0.5); the exact sampler
+    has the programme's law (chi-square, 3000 draws: against a sampler that ignores the backward masses, which draws
+    low temperature's first token 0.92 of the time instead of p^4's 0.55, its power is ~1)."""
+    model, log_p = markov
+    seq = torch.randint(1, 9, (1, 300), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = torch.log_softmax(model(input_ids=seq).logits[0].double(), -1)
+    torch.testing.assert_close(logits, log_p[seq[0]], atol=1e-6, rtol=0)
+    for finished_only in (True, False):
+        for alpha in (4.0, 0.5):
+            law = markov_power_law(log_p, PROMPT, alpha, 4, finished_only=finished_only)
+            enumerated = exact_power_distribution(
+                model, None, [PROMPT], alpha, 4, finished_only=finished_only
+            )
+            lengths: dict = {}
+            for y, q in enumerated.items():
+                key = (len(y), int(y[-1] == 0))
+                lengths[key] = lengths.get(key, 0.0) + q
+            for key in set(lengths) | set(law["length"]):
+                assert abs(lengths.get(key, 0.0) - law["length"].get(key, 0.0)) < 1e-5, (
+                    key,
+                    finished_only,
+                    alpha,
+                )
+    law = markov_power_law(log_p, PROMPT, ALPHA, 64)
+    draws = markov_power_samples(log_p, PROMPT, ALPHA, 64, 3000, seed=0)
+    assert chi_square([y[:2] for y in draws], law["prefix"])[2] > LEVEL
+    assert chi_square([(len(y), 1) for y in draws], law["length"])[2] > LEVEL
+
+
+def length_cells(law: dict) -> int:
+    """The median length of p^alpha's finished answers (the cells split there)."""
+    finished = sorted((n, q) for (n, f), q in law["length"].items() if f)
+    total, cdf = sum(q for _, q in finished), 0.0
+    for n, q in finished:
+        cdf += q
+        if cdf >= total / 2:
+            return n
+    raise ValueError("no finished answer")
+
+
+def cell_of(y: list[int], median: int) -> int:
+    """Cells: first token 1 (cycle a) or 5 (cycle b), each split at the median length; any other first token; cut."""
+    if not (y and y[-1] == 0):
+        return 5  # cut at max_new_tokens
+    if y[0] not in (1, 5):
+        return 4  # a rare first token (p^alpha gives it ~1e-3): one cell, or its estimate is too rare for the CLT
+    return 2 * (y[0] == 5) + int(len(y) > median)
+
+
+def exact_cell_masses(log_p, H: int, finished_only: bool, median: int, alpha: float) -> np.ndarray:
+    """sum_y p(y)^alpha over each cell, by the programme with the first token fixed (the prompt's row restricted)."""
+    masses = np.zeros(6)
+    law = markov_power_law(log_p, PROMPT, alpha, H, finished_only=finished_only)
+    total = np.exp(law["log_z"])
+    for first in (1, 5, None):
+        keep = torch.zeros(log_p.shape[0], dtype=torch.bool)
+        keep[[1, 5] if first is None else first] = True
+        if first is None:
+            keep = ~keep
+        restricted = log_p.clone()  # the prompt's row cut to the first token(s) of the cell, not renormalised
+        restricted[PROMPT] = torch.where(keep, log_p[PROMPT], torch.tensor(-1e4, dtype=torch.float64))
+        part = markov_power_law(restricted, PROMPT, alpha, H, finished_only=finished_only)
+        mass = np.exp(part["log_z"])
+        for (n, f), q in part["length"].items():
+            y = [first or 2] + [1] * (n - 2) + [0] * f if n > 1 else ([0] if f else [first or 2])
+            masses[cell_of(y, median)] += mass * q
+    assert abs(masses.sum() - total) < 1e-6 * total
+    return masses
+
+
+@pytest.mark.parametrize(
+    "method, horizon, finished_only, alpha, ess_threshold",
+    [
+        ("smc", 64, True, 4.0, 1.0),
+        ("smc", 64, False, 1.5, 0.5),
+        ("sir", 64, True, 4.0, 0.5),
+        ("smc", 256, True, 4.0, 0.5),
+    ],
+)
+def test_weighted_particles_are_unbiased_at_length(
+    markov, method, horizon, finished_only, alpha, ess_threshold
+):
+    """E[Ẑ sum_i w_i 1{y_i in cell}] = the cell's mass of p^alpha, for every cell, at 64 and 256 new tokens (tau 1,
+    N = 8; SMC resampling at ESS < N/2 as by default, or at every token), and no weight on cut answers under the
+    finished-only target. Power: Ẑ / Z has standard deviation ~0.8 at N = 8 and 64 tokens, so over 300 runs a bias of
+    ~20% in a cell's estimate is caught. Run with the wrong variants on 2026-12-07: the exponent alpha - 1 in SMC's
+    increments, resampled particles keeping their own weights (at every-token resampling) and cut particles kept under
+    the finished-only target are each caught (p < 1e-6 / an assertion)."""
+    model, log_p = markov
+    runs, particles = (300, 8) if horizon <= 64 else (150, 8)
+    config = PowerSamplingConfig(
+        method=method, alpha=alpha, max_new_tokens=horizon, num_particles=particles, num_samples_per_prompt=runs,
+        return_all_particles=True, finished_only=finished_only, batch_size=4096, seed=3, ess_threshold=ess_threshold,
+    )  # fmt: skip
+    out = PowerSampler(model, None, config).sample([[PROMPT]])
+    law = markov_power_law(log_p, PROMPT, alpha, horizon, finished_only=finished_only)
+    median = length_cells(law)
+    gamma = exact_cell_masses(log_p, horizon, finished_only, median, alpha)
+    z = np.exp(np.array(out.log_z))
+    w = np.array(out.weights).reshape(runs, particles)
+    phi = np.zeros((runs, 6))
+    for k, y in enumerate(out.completion_ids):
+        phi[k // particles, cell_of(y, median)] += z[k // particles] * w[k // particles, k % particles]
+    if finished_only:  # a cut answer carries no weight (p^alpha over finished answers)
+        assert not phi[:, 5].any(), phi[:, 5].max()
+    keep = gamma > 0
+    pvalue = _hotelling_pvalue(phi[:, keep], gamma[keep], (phi[:, keep] > 0).sum(0), min_runs=20)
+    assert pvalue > LEVEL, (pvalue, phi.mean(0) / np.exp(law["log_z"]), gamma / np.exp(law["log_z"]))
+
+
+@pytest.mark.parametrize("horizon, finished_only, alpha", [(64, True, 4.0), (64, False, 1.5)])
+def test_mh_kernel_keeps_p_alpha_at_length(markov, horizon, finished_only, alpha, chains=300, steps=10):
+    """Chains started at exact draws of p^4 (64 new tokens, one block, tau 1) still have p^4's law after 10 steps
+    (about 110 of 300 chains move at the finished-only target). Power, run on 2026-12-07: the acceptance without its
+    cut-point correction log(L / L') (the term that grows with the answer's length) is caught at the finished-only
+    target, the exponent alpha - 1 at alpha 1.5 over every answer; the exponent and the proposal correction at the
+    finished-only target move the law too slowly to be seen in 10 (or 30) steps: the short exact-kernel tests catch
+    those (tests/test_sampling_exactness.py, tests/test_mutations.py)."""
+    model, log_p = markov
+    law = markov_power_law(log_p, PROMPT, alpha, horizon, finished_only=finished_only)
+    start = markov_power_samples(log_p, PROMPT, alpha, horizon, chains, seed=1, finished_only=finished_only)
+    config = PowerSamplingConfig(
+        method="mh", alpha=alpha, max_new_tokens=horizon, block_size=horizon, mcmc_steps=steps,
+        finished_only=finished_only,
+    )  # fmt: skip
+    stats_: dict = {}
+    generators = [chain_generator(0, 0, j) for j in range(chains)]
+    results = sample_mh(make_engine(model, None), [[PROMPT]], [0] * chains, generators, config, stats_, start)
+    answers = [r[0][0] for r in results]
+    moved = sum(a != s for a, s in zip(answers, start))
+    # the chains move (the check is not of the starting draws): ~110 of 300 at the finished-only target; ~25 at
+    # alpha 1.5 over every answer, whose p^alpha is 96% answers cut along one cycle (a proposal mostly redraws them)
+    assert moved > chains // 20, moved
+    assert chi_square([y[:2] for y in answers], law["prefix"])[2] > LEVEL
+    lengths = [(len(y), int(bool(y) and y[-1] == 0)) for y in answers]
+    assert chi_square(lengths, law["length"])[2] > LEVEL
+
+
+def test_reorder_moves_rows_as_select_does(markov):
+    """`TransformersRows.reorder` (SMC's in-place resampling) leaves each row with the cache `select` would give it:
+    the next-token logits of every row agree (a row given another row's keys would not)."""
+    from trl_power.sampling.engine import RunRandom
+
+    model, _ = markov
+    engine = make_engine(model, None)
+    rows = engine.start([[PROMPT], [PROMPT, 1, 2]], [0, 1, 0, 1])
+    rng = RunRandom([torch.Generator().manual_seed(k) for k in range(4)], range(4))
+    rows = engine.extend(rows, rng, [5, 3, 7, 2], 1.0, None, None).rows
+    order = [3, 3, 0, 2]
+    selected = rows.select(order)
+    reordered = rows.reorder(order)
+    assert reordered.tokens == selected.tokens
+    a = selected.state.advance(model)
+    b = reordered.state.advance(model)
+    torch.testing.assert_close(a, b)
