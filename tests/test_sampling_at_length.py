@@ -17,6 +17,8 @@ The power of each check is stated with it (tests/test_mutations.py runs the wron
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -204,3 +206,36 @@ def test_reorder_moves_rows_as_select_does(markov):
     a = selected.state.advance(model)
     b = reordered.state.advance(model)
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("method", ["smc", "sir", "mh"])
+def test_runs_cut_by_the_horizon_say_so_and_name_max_new_tokens(markov, method):
+    """At 8 new tokens most proposals of this model run past the horizon (under p answers run ~100 tokens): SMC/SIR
+    record how many particles per run finished (`finished_particles`, 0.4 of 8 here), MH the share of its proposals
+    rejected for ending cut (`cut_proposal_rate`, 0.97), and the warning names max_new_tokens, not the proposal
+    temperature (which would make EOS rarer still: at tau 1/alpha no particle finishes within 64 tokens,
+    benchmarks/length.py). At 64 tokens and over every answer (finished_only=False) there is no such warning."""
+    model, _ = markov
+    settings = {"mh": dict(block_size=8, mcmc_steps=10)}.get(method, dict(num_particles=8))
+    config = PowerSamplingConfig(
+        method=method, alpha=ALPHA, max_new_tokens=8, num_samples_per_prompt=20, **settings
+    )
+    with pytest.warns(UserWarning, match=f"{method}: .*max_new_tokens=8.* Raise max_new_tokens"):
+        out = PowerSampler(model, None, config).sample([[PROMPT]])
+    if method == "mh":
+        assert out.stats["cut_proposal_rate"] > 0.5
+    else:
+        assert out.stats["finished_particles"] < 0.25 * 8
+
+    config = PowerSamplingConfig(
+        method=method,
+        alpha=ALPHA,
+        max_new_tokens=8,
+        num_samples_per_prompt=20,
+        finished_only=False,
+        **settings,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PowerSampler(model, None, config).sample([[PROMPT]])
+    assert not [w for w in caught if "Raise max_new_tokens (or set stop_strings)" in str(w.message)]

@@ -83,7 +83,9 @@ def draw_cut(law: list[float], u: float) -> int:
     return len(law) - 1
 
 
-def sample_mh(engine: Engine, prompts, run_prompt, generators, config: PowerSamplingConfig, stats, initial=None):
+def sample_mh(
+    engine: Engine, prompts, run_prompt, generators, config: PowerSamplingConfig, stats, initial=None
+):
     """MH chains, one per run (run b answers prompt `run_prompt[b]`); returns per run [(answer ids, log p, None)].
     `initial` (tests of the kernel: one answer per run): the chains start from these answers instead of a first
     draw from q, so that a chain started in p^alpha must stay there; one block, tau = 1, no truncation."""
@@ -101,13 +103,17 @@ def sample_mh(engine: Engine, prompts, run_prompt, generators, config: PowerSamp
     rows = engine.start(prompts, run_prompt)  # rows.tokens[b]: prompt + the chain's current answer
     if initial is not None:
         if config.mh_block_size < config.max_new_tokens or config.proposal_tau != 1 or k or p or entropy_cut:
-            raise ValueError("initial answers need one block, proposal_temperature 1, no top_k/top_p, uniform cuts")
+            raise ValueError(
+                "initial answers need one block, proposal_temperature 1, no top_k/top_p, uniform cuts"
+            )
         starts = [list(prompts[i]) + list(a) for i, a in zip(run_prompt, initial)]
         rows = engine.start(starts, range(B))
         lps = [list(x) for x in engine.score([prompts[i] for i in run_prompt], [list(a) for a in initial])]
         lqs = [list(x) for x in lps]
     done = [False] * B
-    attempts = accepts = 0
+    attempts = accepts = cut_proposals = (
+        0  # cut_proposals: rejected for ending without EOS (finished-only target)
+    )
     block = config.mh_block_size
     n_blocks = math.ceil(config.max_new_tokens / block)
     bar = tqdm(range(n_blocks), desc="MH blocks", disable=not config.show_progress, leave=False)
@@ -147,6 +153,8 @@ def sample_mh(engine: Engine, prompts, run_prompt, generators, config: PowerSamp
                 log_cut_ratio = None
                 if entropy_cut:  # q_cut(i | y') over the proposal's positions, against q_cut(i | y)
                     log_cut_ratio = math.log(cut_law(hs[b][:i] + ent[j], mix)[i]) - math.log(laws[j][i])
+                new_in_target = not restrict or (bool(toks[j]) and toks[j][-1] in eos_set)
+                cut_proposals += not new_in_target
                 log_a = log_acceptance(
                     config.alpha,
                     i,
@@ -155,7 +163,7 @@ def sample_mh(engine: Engine, prompts, run_prompt, generators, config: PowerSamp
                     lps[b][i:],
                     lqs[b][i:],
                     rule,
-                    new_in_target=not restrict or (bool(toks[j]) and toks[j][-1] in eos_set),
+                    new_in_target=new_in_target,
                     old_in_target=not restrict or rows.tokens[b][-1] in eos_set,
                     log_cut_ratio=log_cut_ratio,
                 )
@@ -174,4 +182,5 @@ def sample_mh(engine: Engine, prompts, run_prompt, generators, config: PowerSamp
             done[b] = (gen and gen[-1] in eos_set) or len(gen) >= config.max_new_tokens
     stats["mh_attempts"] = stats.get("mh_attempts", 0) + attempts
     stats["mh_accepts"] = stats.get("mh_accepts", 0) + accepts
+    stats["mh_cut_proposals"] = stats.get("mh_cut_proposals", 0) + cut_proposals
     return [[(rows.tokens[b][plen[b] :], sum(lps[b]), None)] for b in range(B)]

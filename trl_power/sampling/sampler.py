@@ -167,6 +167,7 @@ class PowerSampler:
         if "mh_attempts" in stats:
             out_stats["acceptance_rate"] = stats["mh_accepts"] / max(1, stats["mh_attempts"])
             out_stats["mh_attempts"] = stats["mh_attempts"]
+            out_stats["cut_proposal_rate"] = stats["mh_cut_proposals"] / max(1, stats["mh_attempts"])
         if "_ess_count" in stats:
             out_stats["resample_count"] = stats["resample_count"]
             out_stats["mean_ess"] = stats["_ess_sum"] / max(1, stats["_ess_count"])
@@ -176,6 +177,8 @@ class PowerSampler:
             out_stats["degenerate_runs"] = int(((final > 0) & (final < DEGENERATE_ESS)).sum())
             if "_ess_count" not in stats:  # SIR: no resampling checks, its ESS is the final weights'
                 out_stats["mean_ess"] = out_stats["final_ess"]
+        if "finished_particles" in stats:  # particles per run that ended with EOS within max_new_tokens
+            out_stats["finished_particles"] = float(np.mean(stats["finished_particles"]))
         return PowerSamplingOutput(
             completions=texts,
             completion_ids=ids,
@@ -208,10 +211,28 @@ class PowerSampler:
     def _warn_untrustworthy(self, out: PowerSamplingOutput) -> None:
         """Warn, naming the setting to change, when the sampler's own statistics say its answers are not near
         p^alpha: most SMC/SIR runs ended with one particle carrying the weight (`degenerate_runs`: final ESS < 2), or
-        MH accepted (almost) none of its proposals (`acceptance_rate` < 1% of at least 20)."""
+        MH accepted (almost) none of its proposals (`acceptance_rate` < 1% of at least 20); and where the reason is the
+        horizon (most particles or MH proposals cut at max_new_tokens under the finished-only target:
+        `finished_particles`, `cut_proposal_rate`), naming max_new_tokens instead."""
         cfg, stats = self.config, out.stats
         runs = self._num_runs(out)
-        if runs and stats.get("degenerate_runs", 0) > runs / 2:
+        # runs that end on one particle's answer: degenerate ones, and (finished-only) those where none finished
+        one_answer = stats.get("degenerate_runs", 0) + (
+            stats["runs_without_finished"] if out.weights is None else 0
+        )
+        few_finished = (
+            cfg.finished_only and stats.get("finished_particles", cfg.num_particles) < 0.5 * cfg.num_particles
+        )
+        if runs and "finished_particles" in stats and one_answer > runs / 2 and few_finished:
+            warnings.warn(
+                f"{cfg.method}: {one_answer} of {runs} runs ended on one particle's answer, and only "
+                f"{stats['finished_particles']:.1f} of num_particles={cfg.num_particles} particles per run ended with "
+                f"EOS within max_new_tokens={cfg.max_new_tokens} (the finished-only target gives a cut particle "
+                "weight 0), so the answers are the few finishers', not draws near p^alpha. Raise max_new_tokens (or "
+                "set stop_strings), then num_particles; a proposal_temperature below 1 makes EOS rarer still.",
+                stacklevel=3,
+            )
+        elif runs and stats.get("degenerate_runs", 0) > runs / 2:
             warnings.warn(
                 f"{cfg.method}: in {stats['degenerate_runs']} of {runs} runs one particle carries almost all the "
                 f"final weight (ESS < {DEGENERATE_ESS:g} of num_particles={cfg.num_particles}; mean final ESS "
@@ -219,7 +240,15 @@ class PowerSampler:
                 "num_particles, bring proposal_temperature nearer 1/alpha, or lower alpha.",
                 stacklevel=3,
             )
-        if stats.get("mh_attempts", 0) >= 20 and stats["acceptance_rate"] < MIN_ACCEPTANCE:
+        if stats.get("mh_attempts", 0) >= 20 and stats["cut_proposal_rate"] > 0.5:
+            warnings.warn(
+                f"mh: {stats['cut_proposal_rate']:.0%} of {stats['mh_attempts']} proposals ended without EOS within "
+                f"max_new_tokens={cfg.max_new_tokens} and were rejected under the finished-only target "
+                f"({stats['acceptance_rate']:.1%} accepted), so the chains move at a fraction of their steps. Raise "
+                "max_new_tokens (or set stop_strings); a proposal_temperature below 1 makes EOS rarer still.",
+                stacklevel=3,
+            )
+        elif stats.get("mh_attempts", 0) >= 20 and stats["acceptance_rate"] < MIN_ACCEPTANCE:
             warnings.warn(
                 f"mh: {stats['acceptance_rate']:.1%} of {stats['mh_attempts']} proposals accepted, so the chains "
                 "barely moved from their initial samples (plain draws of the proposal). Raise mcmc_steps, lower "

@@ -56,10 +56,10 @@ def sample_sir(engine: Engine, prompts, run_prompt, generators, config: PowerSam
         sl = slice(r * N, (r + 1) * N)
         logp = np.array([sum(x) for x in lps[sl]])
         logq = np.array([sum(x) for x in lqs[sl]])
-        logw = importance_log_weights(
-            config.alpha, logp, logq, finished_mask(toks[sl], eos_ids), config.finished_only
-        )
+        finished = finished_mask(toks[sl], eos_ids)
+        logw = importance_log_weights(config.alpha, logp, logq, finished, config.finished_only)
         w = run_weights(logw)
+        stats.setdefault("finished_particles", []).append(int(finished.sum()))
         stats.setdefault("log_z", []).append(log_mean_exp(logw))
         stats.setdefault("final_ess", []).append(effective_sample_size(w))
         if config.return_all_particles:

@@ -70,7 +70,9 @@ def still_decoding(live: np.ndarray, new_tokens: list[list[int]], eos_ids) -> np
     return live & ~ended
 
 
-def alive_ess(logw: np.ndarray, alive: np.ndarray, runs: int, particles: int) -> tuple[np.ndarray, np.ndarray]:
+def alive_ess(
+    logw: np.ndarray, alive: np.ndarray, runs: int, particles: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per run (rows r*N .. r*N + N - 1): the ESS (sum w)^2 / sum w^2 of the weights of its particles still decoding
     (0 when none carries weight), and how many are still decoding."""
     lw = np.where(alive, logw, -np.inf).reshape(runs, particles)
@@ -112,7 +114,12 @@ def sample_smc(engine: Engine, prompts, run_prompt, generators, config: PowerSam
         k = min(interval, H - generated)
         sub_rng = rng if len(ids) == R * N else RunRandom(generators, (ids // N).tolist())
         rows, sub_t, sub_p, sub_q, _ = engine.extend(
-            rows, sub_rng, np.where(alive[ids], k, 0).tolist(), config.proposal_tau, config.top_k, config.top_p
+            rows,
+            sub_rng,
+            np.where(alive[ids], k, 0).tolist(),
+            config.proposal_tau,
+            config.top_k,
+            config.top_p,
         )
         new_t: list[list[int]] = [[] for _ in range(R * N)]
         sum_p, sum_q = np.zeros(R * N), np.zeros(R * N)
@@ -145,7 +152,9 @@ def sample_smc(engine: Engine, prompts, run_prompt, generators, config: PowerSam
         if moved.any():
             position = np.zeros(R * N, dtype=np.int64)
             position[ids] = np.arange(len(ids))
-            rows = rows.reorder(position[order[ids]].tolist())  # ids hold every alive particle, so order[ids] too
+            rows = rows.reorder(
+                position[order[ids]].tolist()
+            )  # ids hold every alive particle, so order[ids] too
             alive, logp_seq = alive[order], logp_seq[order]
             # a particle's token lists are extended in place: a resampled one gets its own copies
             toks = [list(toks[j]) if m else toks[j] for j, m in zip(order, moved)]
@@ -165,6 +174,7 @@ def sample_smc(engine: Engine, prompts, run_prompt, generators, config: PowerSam
     for r in range(R):
         sl = slice(r * N, (r + 1) * N)
         w = run_weights(logw[sl])
+        stats.setdefault("finished_particles", []).append(int(finished[sl].sum()))
         stats.setdefault("log_z", []).append(log_mean_exp(logw[sl]))
         stats.setdefault("final_ess", []).append(effective_sample_size(w))
         if config.return_all_particles:
