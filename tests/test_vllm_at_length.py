@@ -9,8 +9,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from exact_laws import chi_square
-from test_sampling_at_length import ALPHA, LEVEL, PROMPT, cell_of, exact_cell_masses, length_cells
-from test_sampling_exactness import _hotelling_pvalue
+from test_sampling_at_length import (
+    ALPHA,
+    LEVEL,
+    PROMPT,
+    assert_cells_unbiased,
+    cell_of,
+    exact_cell_masses,
+    length_cells,
+)
 
 from trl_power import PowerSampler, PowerSamplingConfig
 from trl_power.sampling.engine import make_engine
@@ -68,9 +75,7 @@ def test_weighted_particles_on_vllm_are_unbiased_at_length(served, resample_inte
     for k, y in enumerate(out.completion_ids):
         phi[k // particles, cell_of(y, median)] += z[k // particles] * w[k // particles, k % particles]
     assert not phi[:, 5].any()
-    keep = gamma > 0
-    pvalue = _hotelling_pvalue(phi[:, keep], gamma[keep], (phi[:, keep] > 0).sum(0), min_runs=20)
-    assert pvalue > LEVEL, (pvalue, phi.mean(0) / np.exp(law["log_z"]), gamma / np.exp(law["log_z"]))
+    assert_cells_unbiased(phi, gamma, out, log_p, True)
 
 
 def test_mh_kernel_on_vllm_keeps_p_alpha_at_length(served, chains=200, steps=10):

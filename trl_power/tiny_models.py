@@ -255,7 +255,7 @@ def markov_power_law(
     if not finished_only:
         log_mass[(horizon, 0)] = float(torch.logsumexp(f, 0))
     keys = list(log_mass)
-    logs = torch.tensor([log_mass[k] for k in keys])
+    logs = torch.tensor([log_mass[k] for k in keys], dtype=torch.float64)
     log_z = float(torch.logsumexp(logs, 0))
     probs = (logs - log_z).exp().tolist()
     length = dict(zip(keys, probs))
