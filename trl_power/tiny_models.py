@@ -178,7 +178,9 @@ def markov_model(
     hidden_size; read the law the model actually has with `markov_log_transitions`."""
     V = logits.shape[0]
     if logits.shape != (V, V) or hidden_size < V:
-        raise ValueError(f"logits must be [V, V] with V <= hidden_size={hidden_size}, got {tuple(logits.shape)}")
+        raise ValueError(
+            f"logits must be [V, V] with V <= hidden_size={hidden_size}, got {tuple(logits.shape)}"
+        )
     if not torch.isfinite(logits).all():
         raise ValueError("logits must be finite (a zero probability: use a large negative logit, e.g. -30)")
     config = LlamaConfig(
@@ -329,7 +331,11 @@ def markov_power_samples(
     neg = torch.tensor(-math.inf, dtype=torch.float64)
     g = [torch.full((V,), 0.0 if not finished_only else -math.inf, dtype=torch.float64)]
     for _ in range(horizon):
-        g.append(torch.logaddexp(A[:, eos_token_id], torch.logsumexp(torch.where(word, A + g[-1][None, :], neg), 1)))
+        g.append(
+            torch.logaddexp(
+                A[:, eos_token_id], torch.logsumexp(torch.where(word, A + g[-1][None, :], neg), 1)
+            )
+        )
     gen = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
