@@ -148,9 +148,22 @@ def test_weighted_particles_are_unbiased_at_length(
         return_all_particles=True, finished_only=finished_only, batch_size=4096, seed=3, ess_threshold=ess_threshold,
     )  # fmt: skip
     out = PowerSampler(model, None, config).sample([[PROMPT]])
+    assert_particles_unbiased(out, log_p, alpha, horizon, finished_only, particles)
+
+
+def assert_particles_unbiased(
+    out, log_p, alpha: float, horizon: int, finished_only: bool, particles: int
+) -> None:
+    """phi[r, cell] = Ẑ_r sum_i w_ri 1{y_ri in cell} against the cells' exact masses; under the finished-only target
+    no weight on cut answers. Hotelling's T^2 on cells 0-3 (first token 1 or 5, by length); cell 4 apart: its mass is almost all the answer
+    [EOS], which every particle drawing EOS first carries with the same weight p(EOS | prompt)^(alpha - 1) / N (tau
+    1, never resampled once complete), so its estimate is a Binomial(runs * N, p(EOS | prompt)) count: tested
+    exactly (the other first tokens of cell 4 hold < 0.1% of its mass). Cut answers (cell 5) join the Hotelling cells
+    over every answer."""
     law = markov_power_law(log_p, PROMPT, alpha, horizon, finished_only=finished_only)
     median = length_cells(law)
     gamma = exact_cell_masses(log_p, horizon, finished_only, median, alpha)
+    runs = len(out.log_z)
     z = np.exp(np.array(out.log_z))
     w = np.array(out.weights).reshape(runs, particles)
     phi = np.zeros((runs, 6))
@@ -158,15 +171,6 @@ def test_weighted_particles_are_unbiased_at_length(
         phi[k // particles, cell_of(y, median)] += z[k // particles] * w[k // particles, k % particles]
     if finished_only:  # a cut answer carries no weight (p^alpha over finished answers)
         assert not phi[:, 5].any(), phi[:, 5].max()
-    assert_cells_unbiased(phi, gamma, out, log_p, finished_only)
-
-
-def assert_cells_unbiased(phi, gamma, out, log_p, finished_only: bool) -> None:
-    """Hotelling's T^2 on cells 0-3 (first token 1 or 5, by length); cell 4 apart: its mass is almost all the answer
-    [EOS], which every particle drawing EOS first carries with the same weight p(EOS | prompt)^(alpha - 1) / N (tau
-    1, never resampled once complete), so its estimate is a Binomial(runs * N, p(EOS | prompt)) count: tested
-    exactly (the other first tokens of cell 4 hold < 0.1% of its mass). Cut answers (cell 5) join the Hotelling cells
-    over every answer."""
     cells = [0, 1, 2, 3] + ([] if finished_only else [5])
     pvalue = _hotelling_pvalue(phi[:, cells], gamma[cells], (phi[:, cells] > 0).sum(0), min_runs=20)
     assert pvalue > LEVEL, (pvalue, phi.mean(0)[cells], gamma[cells])

@@ -6,17 +6,13 @@ from the same checkpoint). One engine serves the module (start-up ~30 s on 2 cor
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from exact_laws import chi_square
 from test_sampling_at_length import (
     ALPHA,
     LEVEL,
     PROMPT,
-    assert_cells_unbiased,
-    cell_of,
-    exact_cell_masses,
-    length_cells,
+    assert_particles_unbiased,
 )
 
 from trl_power import PowerSampler, PowerSamplingConfig
@@ -66,16 +62,7 @@ def test_weighted_particles_on_vllm_are_unbiased_at_length(served, resample_inte
         ess_threshold=1.0 if resample_interval == 8 else 0.5,
     )  # fmt: skip
     out = PowerSampler(llm, None, config).sample([[PROMPT]])
-    law = markov_power_law(log_p, PROMPT, ALPHA, H)
-    median = length_cells(law)
-    gamma = exact_cell_masses(log_p, H, True, median, ALPHA)
-    z = np.exp(np.array(out.log_z))
-    w = np.array(out.weights).reshape(runs, particles)
-    phi = np.zeros((runs, 6))
-    for k, y in enumerate(out.completion_ids):
-        phi[k // particles, cell_of(y, median)] += z[k // particles] * w[k // particles, k % particles]
-    assert not phi[:, 5].any()
-    assert_cells_unbiased(phi, gamma, out, log_p, True)
+    assert_particles_unbiased(out, log_p, ALPHA, H, True, particles)
 
 
 def test_mh_kernel_on_vllm_keeps_p_alpha_at_length(served, chains=200, steps=10):

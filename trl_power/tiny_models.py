@@ -221,6 +221,25 @@ def markov_log_transitions(model: torch.nn.Module) -> torch.Tensor:
     return torch.log_softmax(logits.double(), -1)
 
 
+def _backward_masses(
+    A: torch.Tensor, horizon: int, finished_only: bool, eos_token_id: int
+) -> list[torch.Tensor]:
+    """g[k][t] = log of the mass (sum of exp of A along the path) of every continuation after a word t within k more
+    tokens: g_0 = 0 for the cut answer unless finished-only (then -inf), g_k(t) = logaddexp(A[t, EOS],
+    logsumexp_{w != EOS} A[t, w] + g_{k-1}(w))."""
+    word = torch.ones(A.shape[0], dtype=torch.bool)
+    word[eos_token_id] = False
+    neg = torch.tensor(-math.inf, dtype=torch.float64)
+    g = [torch.full((A.shape[0],), -math.inf if finished_only else 0.0, dtype=torch.float64)]
+    for _ in range(horizon):
+        g.append(
+            torch.logaddexp(
+                A[:, eos_token_id], torch.logsumexp(torch.where(word, A + g[-1][None, :], neg), 1)
+            )
+        )
+    return g
+
+
 def markov_power_law(
     log_transitions: torch.Tensor,
     last_prompt_token: int,
@@ -261,11 +280,7 @@ def markov_power_law(
     log_z = float(torch.logsumexp(logs, 0))
     probs = (logs - log_z).exp().tolist()
     length = dict(zip(keys, probs))
-    # backward: g[k][t] = log mass of what can follow a word t with k tokens left
-    g = [torch.full((V,), 0.0 if not finished_only else -math.inf, dtype=torch.float64)]
-    for _ in range(horizon):
-        cont = torch.where(word, A + g[-1][None, :], neg)
-        g.append(torch.logaddexp(A[:, eos_token_id], torch.logsumexp(cont, 1)))
+    g = _backward_masses(A, horizon, finished_only, eos_token_id)
     prefix: dict[tuple[int, ...], float] = {}
     frontier = [((), last_prompt_token, 0.0)]
     for j in range(1, min(prefix_tokens, horizon) + 1):
@@ -328,14 +343,7 @@ def markov_power_samples(
     V = A.shape[0]
     word = torch.ones(V, dtype=torch.bool)
     word[eos_token_id] = False
-    neg = torch.tensor(-math.inf, dtype=torch.float64)
-    g = [torch.full((V,), 0.0 if not finished_only else -math.inf, dtype=torch.float64)]
-    for _ in range(horizon):
-        g.append(
-            torch.logaddexp(
-                A[:, eos_token_id], torch.logsumexp(torch.where(word, A + g[-1][None, :], neg), 1)
-            )
-        )
+    g = _backward_masses(A, horizon, finished_only, eos_token_id)
     gen = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
