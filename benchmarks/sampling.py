@@ -74,7 +74,10 @@ def speed(quick):
             ("reference-faithful MH (batch 1, generate per proposal)", ref_s, tok / n_ref, np.mean(lps))
         )
         for bs in (8, 32, 128):
-            cfg = PowerSamplingConfig(method="mh", mh_suffix_rule="current_length", batch_size=bs, **hp)
+            # the reference's proposal: temperature 1/alpha (proposal_temperature=None), not the library's default 1
+            cfg = PowerSamplingConfig(
+                method="mh", mh_suffix_rule="current_length", proposal_temperature=None, batch_size=bs, **hp
+            )
             out, s, t = run(model, cfg, ps[: 2 * bs] if quick else ps)
             rows.append((f"ours MH (batch {bs}, KV reuse)", s, t, float(np.mean(out.base_logprobs))))
         for label, s, t, lp in rows:
