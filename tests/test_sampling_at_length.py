@@ -10,9 +10,9 @@ to 28 (256) under p^4, split between the cycles. Its p^alpha at any horizon foll
   cells (first token) x (length at most / beyond p^alpha's median) (+ cut answers), at level 1e-3. The single answer
   a run returns is only consistent (bias O(1/N)): measured, not asserted (benchmarks/length.py, BENCHMARKS.md §12).
 - MH: its kernel leaves p^alpha invariant: chains started at exact draws of p^alpha (`sample_mh(initial=...)`) must
-  still have p^alpha's law after k steps, whatever the chain's mixing time (which grows with the length: measured in
-  benchmarks/length.py). Chi-square on the first two tokens and on the length bins at level 1e-3.
-The power of each check is stated with it (tests/test_mutations.py runs the wrong variants).
+  still have p^alpha's law after k steps, whatever the chain's mixing time (measured, not tested:
+  benchmarks/mh_mixing.py). Chi-square on the first two tokens and on the length bins at level 1e-3.
+The power of each check is stated with it (the wrong variants were run against these tests on 2026-12-07).
 """
 
 from __future__ import annotations

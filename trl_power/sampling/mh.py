@@ -100,20 +100,19 @@ def sample_mh(
     hs: list[list[float]] = [[] for _ in range(B)]  # entropy of p at each position (entropy cuts)
     entropy_cut = config.mh_cut == "entropy"
     mix = config.mh_cut_uniform_weight
-    rows = engine.start(prompts, run_prompt)  # rows.tokens[b]: prompt + the chain's current answer
-    if initial is not None:
+    if initial is None:
+        rows = engine.start(prompts, run_prompt)  # rows.tokens[b]: prompt + the chain's current answer
+    else:
         if config.mh_block_size < config.max_new_tokens or config.proposal_tau != 1 or k or p or entropy_cut:
             raise ValueError(
                 "initial answers need one block, proposal_temperature 1, no top_k/top_p, uniform cuts"
             )
-        starts = [list(prompts[i]) + list(a) for i, a in zip(run_prompt, initial)]
-        rows = engine.start(starts, range(B))
+        rows = engine.start([list(prompts[i]) + list(a) for i, a in zip(run_prompt, initial)], range(B))
         lps = [list(x) for x in engine.score([prompts[i] for i in run_prompt], [list(a) for a in initial])]
         lqs = [list(x) for x in lps]
     done = [False] * B
-    attempts = accepts = cut_proposals = (
-        0  # cut_proposals: rejected for ending without EOS (finished-only target)
-    )
+    # cut_proposals: proposals rejected for ending without EOS under the finished-only target
+    attempts = accepts = cut_proposals = 0
     block = config.mh_block_size
     n_blocks = math.ceil(config.max_new_tokens / block)
     bar = tqdm(range(n_blocks), desc="MH blocks", disable=not config.show_progress, leave=False)

@@ -221,9 +221,11 @@ class PowerSampler:
             stats["runs_without_finished"] if out.weights is None else 0
         )
         few_finished = (
-            cfg.finished_only and stats.get("finished_particles", cfg.num_particles) < 0.5 * cfg.num_particles
+            cfg.finished_only
+            and "finished_particles" in stats
+            and stats["finished_particles"] < 0.5 * cfg.num_particles
         )
-        if runs and "finished_particles" in stats and one_answer > runs / 2 and few_finished:
+        if runs and one_answer > runs / 2 and few_finished:
             warnings.warn(
                 f"{cfg.method}: {one_answer} of {runs} runs ended on one particle's answer, and only "
                 f"{stats['finished_particles']:.1f} of num_particles={cfg.num_particles} particles per run ended with "

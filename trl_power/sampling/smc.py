@@ -108,11 +108,11 @@ def sample_smc(engine: Engine, prompts, run_prompt, generators, config: PowerSam
     # the particles the engine's rows hold, in order: every alive one, and complete ones until they are more than half
     # (then dropped in one move, so that complete particles cost no forward passes and no cache moves)
     ids = np.arange(R * N)
+    sub_rng = rng  # the random streams of the rows in `ids` (each run's rows stay contiguous, in order)
     resamples, ess_sum, ess_count, generated = 0, 0.0, 0, 0
     alpha_prev = annealed_alpha(config.alpha, 0, config.anneal_tokens)
     while generated < H and alive.any():
         k = min(interval, H - generated)
-        sub_rng = rng if len(ids) == R * N else RunRandom(generators, (ids // N).tolist())
         rows, sub_t, sub_p, sub_q, _ = engine.extend(
             rows,
             sub_rng,
@@ -152,9 +152,8 @@ def sample_smc(engine: Engine, prompts, run_prompt, generators, config: PowerSam
         if moved.any():
             position = np.zeros(R * N, dtype=np.int64)
             position[ids] = np.arange(len(ids))
-            rows = rows.reorder(
-                position[order[ids]].tolist()
-            )  # ids hold every alive particle, so order[ids] too
+            # ids hold every alive particle, and an alive particle's ancestor is alive: order[ids] lies in ids
+            rows = rows.reorder(position[order[ids]].tolist())
             alive, logp_seq = alive[order], logp_seq[order]
             # a particle's token lists are extended in place: a resampled one gets its own copies
             toks = [list(toks[j]) if m else toks[j] for j, m in zip(order, moved)]
@@ -162,6 +161,7 @@ def sample_smc(engine: Engine, prompts, run_prompt, generators, config: PowerSam
         if 2 * int((~alive[ids]).sum()) > len(ids):
             rows = rows.select(np.flatnonzero(alive[ids]).tolist())
             ids = ids[alive[ids]]
+            sub_rng = RunRandom(generators, (ids // N).tolist())
     stats["resample_count"] = stats.get("resample_count", 0) + resamples
     stats["_ess_sum"] = stats.get("_ess_sum", 0.0) + ess_sum
     stats["_ess_count"] = stats.get("_ess_count", 0) + ess_count
