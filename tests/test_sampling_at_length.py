@@ -234,6 +234,40 @@ def test_reorder_moves_rows_as_select_does():
     torch.testing.assert_close(selected.state.advance(model), reordered.state.advance(model))
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+def test_replace_rows_gives_each_row_its_state_and_copies_unless_in_place(inplace):
+    """`DecodeState.replace_rows` (MH's accepted proposals, decode's finished rows): the replaced rows carry the other
+    state's keys/values/position/pending token, the others keep theirs, across a width change (the other state is
+    wider, so this one is padded); without `inplace` the original state is left exactly as it was (its mask, positions,
+    pending and keys). Fails if padding's shared positions/pending were written through (the source state's positions
+    change) or if the kept rows lost their keys."""
+    from trl_power.sampling.engine import RunRandom
+    from trl_power.tiny_models import build_model
+
+    model = build_model(10, seed=3, initializer_range=0.25, eos_token_id=0)
+    engine = make_engine(model, None)
+    engine.eos_ids = []
+    rng = RunRandom([torch.Generator().manual_seed(k) for k in range(3)], range(3))
+    base = engine.extend(
+        engine.start([[5, 6], [7, 8, 9], [4]], [0, 1, 2]), rng, [2, 2, 2], 1.0, None, None
+    ).rows
+    other = engine.extend(base.select([2, 0]), rng, [5, 5], 1.0, None, None).rows  # wider than base
+    keep = base.select([0, 1, 2]).state  # a copy of base's rows, to compare against
+    before = [
+        x.clone() for x in (base.state.mask, base.state.positions, base.state.pending, base.state.kv[0][0])
+    ]
+    new = base.state.replace_rows(torch.tensor([0, 2]), other.state, inplace=inplace)
+    assert new.positions.tolist() == [other.state.positions[0], keep.positions[1], other.state.positions[1]]
+    assert new.pending.tolist() == [other.state.pending[0], keep.pending[1], other.state.pending[1]]
+    for state, src, b in ((other.state, 0, 0), (keep, 1, 1), (other.state, 1, 2)):
+        torch.testing.assert_close(new.kv[0][0][b][:, new.mask[b]], state.kv[0][0][src][:, state.mask[src]])
+        torch.testing.assert_close(new.kv[-1][1][b][:, new.mask[b]], state.kv[-1][1][src][:, state.mask[src]])
+    if not inplace:
+        after = (base.state.mask, base.state.positions, base.state.pending, base.state.kv[0][0])
+        for x, y in zip(before, after):
+            assert torch.equal(x, y)
+
+
 @pytest.mark.parametrize("method", ["smc", "sir", "mh"])
 def test_runs_cut_by_the_horizon_say_so_and_name_max_new_tokens(markov, method):
     """At 8 new tokens most proposals of this model run past the horizon (under p answers run ~100 tokens): SMC/SIR

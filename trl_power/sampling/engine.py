@@ -14,7 +14,8 @@ A sampler holds *rows* (chains, particles, proposals): each row is a token seque
 
 Rows are rearranged without any model call: `rows.select(idx)` (repeats allowed), `rows.reorder(idx)` (the same,
 consuming `rows`, which lets an engine move only the rows that change: SMC's resampling), `rows.truncate(idx,
-lengths)` (an MH cut point: the first lengths[b] tokens of row idx[b]), `rows.replace(idx, other)`. Two engines
+lengths)` (an MH cut point: the first lengths[b] tokens of row idx[b]), `rows.replace(idx, other)` (consuming
+`rows`). `extend` and `branch` consume the rows they are given: use only the rows they return. Two engines
 implement this: `TransformersEngine` (transformers_engine.py: the project's own batched decode loop, a KV cache per
 row that these operations gather) and `VLLMEngine` (vllm_engine.py: an offline `vllm.LLM`, rows are token lists and
 the prefix cache serves their shared prefixes). `make_engine(model, tokenizer)` picks the one for a model.

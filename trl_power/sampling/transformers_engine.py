@@ -205,11 +205,11 @@ class DecodeState:
         """New state whose row b holds old row rows[b]'s slots `slots[b]` (masked where slot_mask=False)."""
         kv = None
         if self.kv is not None and slots.shape[1] > 0:
-            kv = []
-            for k, v in self.kv:
-                H, D = k.shape[1], k.shape[3]
-                index = slots[:, None, :, None].expand(-1, H, -1, D)
-                kv.append((k[rows].gather(2, index), v[rows].gather(2, index)))
+            # one indexing op per tensor: out[b, h, s] = k[rows[b], h, slots[b, s]] (k[rows].gather(...) copies twice)
+            H = self.kv[0][0].shape[1]
+            heads = torch.arange(H, device=slots.device)[None, :, None]
+            r, s = rows[:, None, None], slots[:, None, :]
+            kv = [(k[r, heads, s], v[r, heads, s]) for k, v in self.kv]
         return DecodeState(kv, slot_mask, self.positions[rows].clone(), self.pending[rows].clone())
 
     def truncate(self, rows: torch.Tensor, keep: torch.Tensor, pending: torch.Tensor) -> DecodeState:
@@ -275,21 +275,23 @@ class DecodeState:
             ]
         return DecodeState(kv, mask, self.positions, self.pending)
 
-    def replace_rows(self, rows: torch.Tensor, other: DecodeState) -> DecodeState:
-        """This state with rows `rows` replaced by the rows of `other` (in order)."""
+    def replace_rows(self, rows: torch.Tensor, other: DecodeState, inplace: bool = False) -> DecodeState:
+        """This state with rows `rows` replaced by the rows of `other` (in order). `inplace`: this state may be
+        overwritten (its owner discards it), so its buffers are written unless they must grow."""
         if rows.numel() == 0:
             return self
         width = max(self.mask.shape[1], other.mask.shape[1])
         a, b = self.padded_to(width, other), other.padded_to(width, self)
-        mask = a.mask.clone()
-        mask[rows] = b.mask
-        positions, pending = a.positions.clone(), a.pending.clone()
-        positions[rows], pending[rows] = b.positions, b.pending
+        fresh = inplace or a is not self  # padding made new cache and mask tensors: write into them
+        mask = a.mask if fresh else a.mask.clone()
+        positions, pending = (a.positions, a.pending) if inplace else (a.positions.clone(), a.pending.clone())
+        mask[rows], positions[rows], pending[rows] = b.mask, b.positions, b.pending
         kv = None
         if a.kv is not None:
             kv = []
             for (ka, va), (kb, vb) in zip(a.kv, b.kv):
-                ka, va = ka.clone(), va.clone()
+                if not fresh:
+                    ka, va = ka.clone(), va.clone()
                 ka[rows], va[rows] = kb, vb
                 kv.append((ka, va))
         return DecodeState(kv, mask, positions, pending)
@@ -377,7 +379,9 @@ def decode(
     while bool(active.any()):
         n_active = int(active.sum())
         if work.batch_size >= 4 and 2 * n_active <= work.batch_size:
-            full = full.replace_rows(rows, work)
+            # (while work is full, full already holds every row's state; the caller's state is copied once)
+            if work is not full:
+                full = full.replace_rows(rows, work, inplace=full is not state)
             keep = active.nonzero().squeeze(1)
             work, rows, active = work.select(keep), rows[keep], active[keep]
             steps, max_steps = steps[keep], max_steps[keep]
@@ -395,7 +399,7 @@ def decode(
                     out_h[r].append(ent[i])
         steps = steps + active.long()
         active = active & (steps < max_steps) & ~torch.isin(token, eos)
-    full = full.replace_rows(rows, work) if work is not full else work
+    full = full.replace_rows(rows, work, inplace=full is not state) if work is not full else work
     # squeeze out the masked slots of inactive steps once they outnumber the live ones (a memory copy)
     live = int(full.mask.sum())
     return (full.compact() if full.mask.numel() - live > live else full), out_t, out_p, out_q, out_h
@@ -427,10 +431,11 @@ class TransformersRows:
         return TransformersRows(self.state.truncate(self._index(idx), keep, pending), tokens)
 
     def replace(self, idx: Sequence[int], other: TransformersRows) -> TransformersRows:
+        """Rows idx[b] replaced by other's row b; consumes these rows (their cache is written in place)."""
         tokens = list(self.tokens)
         for i, t in zip(idx, other.tokens):
             tokens[i] = list(t)
-        return TransformersRows(self.state.replace_rows(self._index(idx), other.state), tokens)
+        return TransformersRows(self.state.replace_rows(self._index(idx), other.state, inplace=True), tokens)
 
 
 class TransformersEngine:
