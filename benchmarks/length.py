@@ -38,6 +38,7 @@ from trl_power.tiny_models import (
     markov_log_transitions,
     markov_model,
     markov_power_law,
+    ring_logits,
     two_cycle_logits,
 )
 
@@ -132,6 +133,113 @@ def run_cell(model, tokenizer, H: int, settings: dict, n: int, exact: dict, edge
     }
 
 
+RING_METHODS = {
+    "plain": dict(method="plain"),
+    "SMC 64 (check every token: transformers default)": dict(method="smc", num_particles=64),
+    "SMC 16": dict(method="smc", num_particles=16),
+    "SMC 256": dict(method="smc", num_particles=256),
+    "SMC 64 interval 2": dict(method="smc", num_particles=64, resample_interval=2),
+    "SMC 64 interval 4": dict(method="smc", num_particles=64, resample_interval=4),
+    "SMC 64 interval 8": dict(method="smc", num_particles=64, resample_interval=8),
+    "SMC 64 interval 32 (vLLM default)": dict(method="smc", num_particles=64, resample_interval=32),
+    "SIR 64": dict(method="sir", num_particles=64),
+    "MH 1 block x 30": dict(method="mh", block_size=4096, mcmc_steps=30),
+}
+
+
+def ring_main(args) -> None:
+    """`--model ring`: `ring_logits(K)` at K in `--lengths`, horizon K + 8 (p^4's answers: the K-token ones, each
+    position's rare word b independently with probability 1 - q, q = 0.6^4 / (0.6^4 + 0.4^4)); accuracy is the TV of
+    the number of b's in an answer (in decile bins of its exact Binomial(K, 1 - q) law) and of the first two tokens."""
+    from scipy.stats import binom
+
+    q = 0.6**ALPHA / (0.6**ALPHA + 0.4**ALPHA)
+    jsonl = Path(args.out).with_suffix(".jsonl")
+    done = set()
+    if jsonl.exists():
+        done = {(r["K"], r["method"]) for r in map(json.loads, jsonl.read_text().splitlines())}
+    if min(args.lengths) < 8:
+        raise SystemExit(
+            "--model ring needs K >= 8 (the horizon K + 8 must not admit a second lap, 2K + 1 tokens)"
+        )
+    rng = np.random.default_rng(0)
+    for K in args.lengths:
+        V = 2 * K + 2
+        hidden = max(128, 64 * math.ceil(V / 64))
+        model = markov_model(ring_logits(K), hidden_size=hidden, num_heads=hidden // 64)
+        tokenizer = build_tokenizer([f"w{i}" for i in range(1, V - 1)], with_pad=False)
+        count_law = {k: float(binom.pmf(k, K, 1 - q)) for k in range(K + 1)}
+        cdf, edges, low = np.cumsum(list(count_law.values())), [], 0
+        for k in range(K + 1):  # decile bins of the b-count's exact law
+            if cdf[k] >= (len(edges) + 1) / 10 or k == K:
+                edges.append((low, k))
+                low = k + 1
+        exact_bins = {i: sum(count_law[k] for k in range(lo, hi + 1)) for i, (lo, hi) in enumerate(edges)}
+        exact_prefix = {(1, 3): q * q, (1, 4): q * (1 - q), (2, 3): (1 - q) * q, (2, 4): (1 - q) ** 2}
+        floors = {
+            "floor_count": floor(exact_bins, args.samples, rng),
+            "floor_prefix": floor(exact_prefix, args.samples, rng),
+        }
+        for name, settings in RING_METHODS.items():
+            if (args.methods and name not in args.methods) or (K, name) in done:
+                continue
+            config = PowerSamplingConfig(
+                alpha=ALPHA, max_new_tokens=K + 8, num_samples_per_prompt=args.samples, batch_size=2048, seed=0,
+                **settings,
+            )  # fmt: skip
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                start = time.perf_counter()
+                out = PowerSampler(model, tokenizer, config).sample([[V - 1]])
+                seconds = time.perf_counter() - start
+            ids = out.completion_ids
+            one_lap = [len(y) == K + 1 and y[-1] == 0 for y in ids]
+            counts = [sum(t % 2 == 0 for t in y if t) for y in ids]
+            wrong_length = len(ids) - sum(one_lap)
+            # an answer that is not one lap (p^4 gives them no mass) falls in a bin of its own, counted by the TV
+            got_bins = empirical(
+                next(i for i, (lo, hi) in enumerate(edges) if lo <= c <= hi) if ok else "not one lap"
+                for c, ok in zip(counts, one_lap)
+            )
+            s = out.stats
+            row = {
+                "K": K, "method": name, "settings": settings, "samples": args.samples, **floors,
+                "tv_count": tv(got_bins, exact_bins), "tv_prefix": tv(empirical(tuple(y[:2]) for y in ids), exact_prefix),
+                "mean_b": float(np.mean([c for c, ok in zip(counts, one_lap) if ok] or [float("nan")])), "exact_mean_b": K * (1 - q), "not_one_lap": wrong_length,
+                "tokens_per_answer": s["tokens_forwarded"] / args.samples, "seconds_per_answer": seconds / args.samples,
+                "final_ess": s.get("final_ess"), "resamples": s.get("resample_count"),
+                "warnings": [str(w.message)[:80] for w in caught],
+            }  # fmt: skip
+            with jsonl.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps({k: v for k, v in row.items() if k not in ("settings", "warnings")}), flush=True)
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    lines = [
+        f"# SMC's resampling at length on the ring model (benchmarks/length.py --model ring), "
+        f"{time.strftime('%Y-%m-%d')}, one torch thread",
+        "",
+        "TV to p^4's exact law of the number of rare words b (decile bins) and of the first two tokens, beside an exact "
+        "sampler's 95th percentile (floor); **bold**: above it.",
+        "",
+        "| K (answer tokens) | method | TV b-count (floor) | TV prefix (floor) | mean b (exact) | tokens / answer | "
+        "s / answer | final ESS | resamples |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+
+        def mark(v, f):
+            return f"**{v:.3f}**" if v > f else f"{v:.3f}"
+
+        ess = "" if r["final_ess"] is None else f"{r['final_ess']:.1f}"
+        res = "" if r["resamples"] is None else str(r["resamples"])
+        lines.append(
+            f"| {r['K']} | {r['method']} | {mark(r['tv_count'], r['floor_count'])} ({r['floor_count']:.3f}) | "
+            f"{mark(r['tv_prefix'], r['floor_prefix'])} ({r['floor_prefix']:.3f}) | {r['mean_b']:.1f} "
+            f"({r['exact_mean_b']:.1f}) | {r['tokens_per_answer']:.0f} | {r['seconds_per_answer']:.4f} | {ess} | {res} |"
+        )
+    Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/length")
@@ -139,8 +247,13 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     parser.add_argument("--methods", nargs="*", default=None, help="names of the grid to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="plain, MH and SMC at their defaults only")
+    parser.add_argument(
+        "--model", choices=["two_cycle", "ring"], default="two_cycle", help="ring: --lengths are its K"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.model == "ring":
+        return ring_main(args)
     model = markov_model(two_cycle_logits())
     tokenizer = build_tokenizer([f"w{i}" for i in range(1, 10)], with_pad=False)
     log_p = markov_log_transitions(model)

@@ -326,6 +326,35 @@ def two_cycle_logits(
     return (P / P.sum(1, keepdim=True)).log()
 
 
+def ring_logits(positions: int, split: float = 0.6, end: float = 0.5) -> torch.Tensor:
+    """log p(next | current) [2K + 2, 2K + 2] (K = `positions`) of a Markov model (`markov_model`) whose power
+    distribution's weights separate in mid-answer: token 0 is EOS, 2K + 1 the prompt, and at each position k = 1..K of
+    a ring two words, a_k = 2k - 1 with probability `split` and b_k = 2k with 1 - split, whichever word held position
+    k - 1; after position K, EOS with `end`, else the ring again. Every other transition has log-probability -1000
+    (exactly 0 once exponentiated in float32; as a log it keeps the model's logits finite). An answer of m laps has
+    mK words and EOS, mK + 1 tokens.
+
+    Under p^alpha with a horizon H in [K + 1, 2K] (the one-lap answer fits, a second lap does not) the answers are the
+    one-lap ones, each position a_k independently with probability q = s^alpha / (s^alpha + (1 - s)^alpha) (0.835 at
+    s = 0.6, alpha = 4): the number of b's is Binomial(K, 1 - q), exact. (Paths through the -1000 transitions weigh
+    exp(-1000 alpha) each against the one-lap answers' ((s^alpha + (1-s)^alpha)^K end^alpha > exp(-2 K) at the
+    defaults: none for K < 2000.) A proposal from p picks a_k with s only, and each b costs a particle
+    (alpha - 1) log(s / (1 - s)) nats of weight (1.2 at the defaults): weights separate within a few tokens, so SMC
+    resamples throughout the answer, and how often it checks (its resample interval) matters."""
+    K = positions
+    V = 2 * K + 2
+    logp = torch.full((V, V), -1000.0, dtype=torch.float64)
+    for prev in [V - 1, *range(1, V - 1)]:
+        k = 0 if prev == V - 1 else (prev + 1) // 2  # the position of `prev` (0: the prompt)
+        if k == K:
+            logp[prev, 0] = math.log(end)
+            logp[prev, 1], logp[prev, 2] = math.log((1 - end) * split), math.log((1 - end) * (1 - split))
+        else:
+            logp[prev, 2 * k + 1], logp[prev, 2 * k + 2] = math.log(split), math.log(1 - split)
+    logp[0, 1 : V - 1] = -math.log(V - 2)  # after EOS (never reached by a sampler)
+    return logp
+
+
 def markov_power_samples(
     log_transitions: torch.Tensor,
     last_prompt_token: int,

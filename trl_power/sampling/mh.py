@@ -125,16 +125,13 @@ def sample_mh(
         sub_rng = rng.subset(act)
         ended = [rows.tokens[b][-1] in eos_set and len(rows.tokens[b]) > plen[b] for b in act]
         steps = [0 if e else horizon - (len(rows.tokens[b]) - plen[b]) for b, e in zip(act, ended)]
-        every = len(act) == B  # every chain live: extend the rows themselves (no copy in and out)
-        sub, _, lp, lq, ent = engine.extend(
-            rows if every else rows.select(act), sub_rng, steps, tau, k, p, entropy=entropy_cut
-        )
+        sub, _, lp, lq, ent = engine.extend(rows.select(act), sub_rng, steps, tau, k, p, entropy=entropy_cut)
         for j, b in enumerate(act):
             lps[b] += lp[j]
             lqs[b] += lq[j]
             if entropy_cut:
                 hs[b] += ent[j]
-        rows = sub if every else rows.replace(act, sub)
+        rows = rows.replace(act, sub)
         # the finished-only target applies to the last block's answers
         restrict = config.finished_only and horizon == config.max_new_tokens
         # 2) MH steps on every live chain
