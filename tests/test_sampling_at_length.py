@@ -35,6 +35,7 @@ from trl_power.tiny_models import (
     markov_model,
     markov_power_law,
     markov_power_samples,
+    ring_logits,
     two_cycle_logits,
 )
 
@@ -79,6 +80,31 @@ def test_the_markov_model_and_its_exact_laws(markov):
     draws = markov_power_samples(log_p, PROMPT, ALPHA, 64, 3000, seed=0)
     assert chi_square([y[:2] for y in draws], law["prefix"])[2] > LEVEL
     assert chi_square([(len(y), 1) for y in draws], law["length"])[2] > LEVEL
+
+
+def test_the_ring_model_law_is_its_docstring_binomial():
+    """`ring_logits(K)` (benchmarks/length.py --model ring compares samplers to it): under p^4 within K + 8 tokens the
+    answers are the one-lap ones (K words and EOS) and the positions are independent with a_k at q = 0.6^4 / (0.6^4 +
+    0.4^4): the exact programme's length law puts mass 1 on K + 1 tokens and its first-two-token law is the product, at
+    K = 16 and 64 (exact draws: the b-count's law is Binomial(K, 1 - q), chi-square). With impossible transitions at
+    log 1e-12 (the first version) p^4 at K = 64 put 0.74 on the bare EOS through them (audit): this fails there."""
+    q = 0.6**4 / (0.6**4 + 0.4**4)
+    for K in (16, 64):
+        V = 2 * K + 2
+        log_p = ring_logits(K)
+        law = markov_power_law(log_p, V - 1, ALPHA, K + 8)
+        assert law["length"].get((K + 1, 1), 0.0) > 1 - 1e-9
+        expected = {(1, 3): q * q, (1, 4): q * (1 - q), (2, 3): (1 - q) * q, (2, 4): (1 - q) ** 2}
+        for key, mass in expected.items():
+            assert abs(law["prefix"].get(key, 0.0) - mass) < 1e-9
+    draws = markov_power_samples(ring_logits(16), 33, ALPHA, 24, 400, seed=0)
+    assert all(len(y) == 17 and y[-1] == 0 for y in draws)
+    counts = np.bincount([sum(t % 2 == 0 for t in y[:-1]) for y in draws], minlength=17)
+    expected = stats.binom.pmf(np.arange(17), 16, 1 - q) * len(draws)
+    keep = expected > 5  # chi-square cells with enough mass; the rest pooled
+    observed = np.append(counts[keep], counts[~keep].sum())
+    expected = np.append(expected[keep], expected[~keep].sum())
+    assert stats.chisquare(observed, expected).pvalue > LEVEL
 
 
 def length_cells(law: dict) -> int:
