@@ -140,8 +140,8 @@ RING_METHODS = {
     "SMC 256": dict(method="smc", num_particles=256),
     "SMC 64 interval 2": dict(method="smc", num_particles=64, resample_interval=2),
     "SMC 64 interval 4": dict(method="smc", num_particles=64, resample_interval=4),
-    "SMC 64 interval 8": dict(method="smc", num_particles=64, resample_interval=8),
-    "SMC 64 interval 32 (vLLM default)": dict(method="smc", num_particles=64, resample_interval=32),
+    "SMC 64 interval 8 (vLLM default)": dict(method="smc", num_particles=64, resample_interval=8),
+    "SMC 64 interval 32 (vLLM default before)": dict(method="smc", num_particles=64, resample_interval=32),
     "SIR 64": dict(method="sir", num_particles=64),
     "MH 1 block x 30": dict(method="mh", block_size=4096, mcmc_steps=30),
 }

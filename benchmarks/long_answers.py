@@ -90,6 +90,8 @@ def method_configs(args: argparse.Namespace, numbers: int) -> dict[str, dict]:
     }
     if numbers <= args.mh_defaults_upto:
         methods["MH (defaults)"] = dict(method="mh")
+    for i in args.smc_intervals:  # SMC at a set resample_interval (the cells above: the engine's default)
+        methods[f"SMC-{n} interval {i}"] = dict(method="smc", num_particles=n, resample_interval=i)
     return methods
 
 
@@ -470,6 +472,9 @@ def main() -> None:
         "--particles", type=int, default=8, help="N: SMC/SIR particles, plain answers together"
     )
     parser.add_argument("--mh_steps", type=int, default=2)
+    parser.add_argument(
+        "--smc_intervals", type=int, nargs="*", default=[], help="also SMC at these resample intervals"
+    )
     parser.add_argument(
         "--mh_defaults_upto", type=int, default=0, help="MH at its defaults up to this length"
     )

@@ -116,7 +116,7 @@ def test_mh_on_vllm_has_the_law_of_the_exact_kernel(llm, twin):
 )
 def test_weighted_particles_on_vllm_are_unbiased(llm, twin, method, kwargs):
     """Z_hat * sum_k w_k 1{y_k = y} is unbiased for p(y)^alpha (Hotelling T^2 over 1000 runs of 4 particles, level
-    1e-3), SMC checking after every token and every 2 tokens (`resample_interval`; vLLM's default, 32, would never
+    1e-3), SMC checking after every token and every 2 tokens (`resample_interval`; vLLM's default, 8, would never
     resample at 3 tokens)."""
     runs, particles = 1000, 4
     out = sample(

@@ -88,8 +88,9 @@ class PowerSamplingConfig:
             every token; Power-SMC checks every 64-128 tokens). The weights carry the product over the interval: any
             value is exact; it sets the variance and, on the vLLM engine, the cost: one generate call per interval,
             which re-sends every particle's sequence (prefix-cache hits come in whole blocks). `None` (default): the
-            engine's own, chosen by measurement on Gemma 3 270M (BENCHMARKS.md §8): 1 on the transformers engine
-            (a check costs no model call there), `VLLM_RESAMPLE_INTERVAL` on vLLM.
+            engine's own, chosen by measurement (BENCHMARKS.md §8, §12(b)): 1 on the transformers engine (a check
+            costs no model call there), `VLLM_RESAMPLE_INTERVAL` (8) on vLLM. Where the weights separate within an
+            answer, longer intervals leave the answers further from p^alpha (32 tokens: far off).
         anneal_tokens: SMC tempers its intermediate targets over the first this many tokens: p(y_{1:t})^{alpha_t}
             with alpha_t rising linearly from 1 to alpha (Power-SMC anneals over the first few hundred tokens);
             0 (default): alpha throughout. The final target is p^alpha either way.

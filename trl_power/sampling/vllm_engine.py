@@ -51,8 +51,9 @@ _CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 # of the host's memory there, and its default, 0.92, fails on a shared machine).
 CPU_KV_CACHE_BYTES = 1 << 30
 _ENGINES: dict[tuple, Any] = {}
-# SMC's resample_interval on this engine unless the config sets one (measured: BENCHMARKS.md §8)
-VLLM_RESAMPLE_INTERVAL = 32
+# SMC's resample_interval on this engine unless the config sets one (measured: BENCHMARKS.md §8 and §12(b): where
+# weights separate within an answer, 32 tokens between checks left SMC far from p^alpha; 8 came near it)
+VLLM_RESAMPLE_INTERVAL = 8
 
 
 def import_vllm() -> Any:
