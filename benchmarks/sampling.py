@@ -73,11 +73,13 @@ def speed(quick):
         rows.append(
             ("reference-faithful MH (batch 1, generate per proposal)", ref_s, tok / n_ref, np.mean(lps))
         )
-        for bs in (8, 32, 128):
-            # the reference's proposal: temperature 1/alpha (proposal_temperature=None), not the library's default 1
+        for bs in (8, 32, 128, 512):
+            # the reference's proposal: temperature 1/alpha (proposal_temperature=None), not the library's default 1;
+            # 512 chains: 4 per prompt
             cfg = PowerSamplingConfig(
-                method="mh", mh_suffix_rule="current_length", proposal_temperature=None, batch_size=bs, **hp
-            )
+                method="mh", mh_suffix_rule="current_length", proposal_temperature=None, batch_size=bs,
+                num_samples_per_prompt=max(1, bs // len(ps)), **hp,
+            )  # fmt: skip
             out, s, t = run(model, cfg, ps[: 2 * bs] if quick else ps)
             rows.append((f"ours MH (batch {bs}, KV reuse)", s, t, float(np.mean(out.base_logprobs))))
         for label, s, t, lp in rows:
