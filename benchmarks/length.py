@@ -69,17 +69,22 @@ def methods(H: int, quick: bool) -> dict[str, dict]:
     return grid
 
 
+def decile_edges(values: list[int], cdf: np.ndarray, bins: int = 10) -> list[tuple[int, int]]:
+    """(low, high) ranges of the sorted integer `values` holding about 1/bins of a law's mass each (`cdf`: the law's
+    cumulative mass at each value, ending at 1)."""
+    edges, low = [], values[0]
+    for k, v in enumerate(values):
+        if cdf[k] >= (len(edges) + 1) / bins or v == values[-1]:
+            edges.append((low, v))
+            low = v + 1
+    return edges
+
+
 def length_bins(law: dict, bins: int = 10) -> list[tuple[int, int]]:
     """(low, high) length ranges of the finished answers holding about 1/bins of p^alpha's mass each."""
     lengths = sorted(n for n, f in law if f)
     cdf = np.cumsum([law[(n, 1)] for n in lengths])
-    cdf = cdf / cdf[-1]
-    edges, low = [], lengths[0]
-    for k, n in enumerate(lengths):
-        if cdf[k] >= (len(edges) + 1) / bins or n == lengths[-1]:
-            edges.append((low, n))
-            low = n + 1
-    return edges
+    return decile_edges(lengths, cdf / cdf[-1], bins)
 
 
 def binned(length_law: dict, edges) -> dict:
@@ -106,15 +111,30 @@ def empirical(keys) -> dict:
     return {k: c / n for k, c in counts.items()}
 
 
-def run_cell(model, tokenizer, H: int, settings: dict, n: int, exact: dict, edges) -> dict:
+def sample_timed(model, tokenizer, prompt: list[int], H: int, settings: dict, n: int):
+    """n answers to `prompt` at alpha 4 (one run each, seed 0): the output, the wall seconds, the warnings' texts."""
     config = PowerSamplingConfig(
         alpha=ALPHA, max_new_tokens=H, num_samples_per_prompt=n, batch_size=2048, seed=0, **settings
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         start = time.perf_counter()
-        out = PowerSampler(model, tokenizer, config).sample([PROMPT])
+        out = PowerSampler(model, tokenizer, config).sample([prompt])
         seconds = time.perf_counter() - start
+    return out, seconds, [str(w.message)[:80] for w in caught]
+
+
+def mark(v: float, floor_: float) -> str:
+    """A TV, in bold when above its floor."""
+    return f"**{v:.3f}**" if v > floor_ else f"{v:.3f}"
+
+
+def opt(v, fmt: str) -> str:
+    return "" if v is None else format(v, fmt)
+
+
+def run_cell(model, tokenizer, H: int, settings: dict, n: int, exact: dict, edges) -> dict:
+    out, seconds, caught = sample_timed(model, tokenizer, PROMPT, H, settings, n)
     ids = out.completion_ids
     lengths = empirical((len(y), int(bool(y) and y[-1] == 0)) for y in ids)
     prefix = empirical(tuple(y[:2]) for y in ids)
@@ -129,7 +149,7 @@ def run_cell(model, tokenizer, H: int, settings: dict, n: int, exact: dict, edge
         "final_ess": s.get("final_ess"),
         "degenerate_runs": s.get("degenerate_runs"),
         "acceptance_rate": s.get("acceptance_rate"),
-        "warnings": [str(w.message)[:80] for w in caught],
+        "warnings": caught,
     }
 
 
@@ -169,11 +189,7 @@ def ring_main(args) -> None:
         model = markov_model(ring_logits(K), hidden_size=hidden, num_heads=hidden // 64)
         tokenizer = build_tokenizer([f"w{i}" for i in range(1, V - 1)], with_pad=False)
         count_law = {k: float(binom.pmf(k, K, 1 - q)) for k in range(K + 1)}
-        cdf, edges, low = np.cumsum(list(count_law.values())), [], 0
-        for k in range(K + 1):  # decile bins of the b-count's exact law
-            if cdf[k] >= (len(edges) + 1) / 10 or k == K:
-                edges.append((low, k))
-                low = k + 1
+        edges = decile_edges(list(count_law), np.cumsum(list(count_law.values())))
         exact_bins = {i: sum(count_law[k] for k in range(lo, hi + 1)) for i, (lo, hi) in enumerate(edges)}
         exact_prefix = {(1, 3): q * q, (1, 4): q * (1 - q), (2, 3): (1 - q) * q, (2, 4): (1 - q) ** 2}
         floors = {
@@ -183,15 +199,7 @@ def ring_main(args) -> None:
         for name, settings in RING_METHODS.items():
             if (args.methods and name not in args.methods) or (K, name) in done:
                 continue
-            config = PowerSamplingConfig(
-                alpha=ALPHA, max_new_tokens=K + 8, num_samples_per_prompt=args.samples, batch_size=2048, seed=0,
-                **settings,
-            )  # fmt: skip
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                start = time.perf_counter()
-                out = PowerSampler(model, tokenizer, config).sample([[V - 1]])
-                seconds = time.perf_counter() - start
+            out, seconds, caught = sample_timed(model, tokenizer, [V - 1], K + 8, settings, args.samples)
             ids = out.completion_ids
             one_lap = [len(y) == K + 1 and y[-1] == 0 for y in ids]
             counts = [sum(t % 2 == 0 for t in y if t) for y in ids]
@@ -207,8 +215,7 @@ def ring_main(args) -> None:
                 "tv_count": tv(got_bins, exact_bins), "tv_prefix": tv(empirical(tuple(y[:2]) for y in ids), exact_prefix),
                 "mean_b": float(np.mean([c for c, ok in zip(counts, one_lap) if ok] or [float("nan")])), "exact_mean_b": K * (1 - q), "not_one_lap": wrong_length,
                 "tokens_per_answer": s["tokens_forwarded"] / args.samples, "seconds_per_answer": seconds / args.samples,
-                "final_ess": s.get("final_ess"), "resamples": s.get("resample_count"),
-                "warnings": [str(w.message)[:80] for w in caught],
+                "final_ess": s.get("final_ess"), "resamples": s.get("resample_count"), "warnings": caught,
             }  # fmt: skip
             with jsonl.open("a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -226,16 +233,11 @@ def ring_main(args) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-
-        def mark(v, f):
-            return f"**{v:.3f}**" if v > f else f"{v:.3f}"
-
-        ess = "" if r["final_ess"] is None else f"{r['final_ess']:.1f}"
-        res = "" if r["resamples"] is None else str(r["resamples"])
         lines.append(
             f"| {r['K']} | {r['method']} | {mark(r['tv_count'], r['floor_count'])} ({r['floor_count']:.3f}) | "
             f"{mark(r['tv_prefix'], r['floor_prefix'])} ({r['floor_prefix']:.3f}) | {r['mean_b']:.1f} "
-            f"({r['exact_mean_b']:.1f}) | {r['tokens_per_answer']:.0f} | {r['seconds_per_answer']:.4f} | {ess} | {res} |"
+            f"({r['exact_mean_b']:.1f}) | {r['tokens_per_answer']:.0f} | {r['seconds_per_answer']:.4f} | "
+            f"{opt(r['final_ess'], '.1f')} | {opt(r['resamples'], 'd')} |"
         )
     Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
 
@@ -309,13 +311,6 @@ def write_table(jsonl: Path, md: Path) -> None:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in sub:
-
-            def mark(v, f):
-                return f"**{v:.3f}**" if v > f else f"{v:.3f}"
-
-            def opt(v, fmt):
-                return "" if v is None else format(v, fmt)
-
             lines.append(
                 f"| {r['method']} | {mark(r['tv_prefix'], r['floor_prefix'])} | {mark(r['tv_length'], r['floor_length'])} "
                 f"| {r['mean_length']:.1f} | {r['unfinished']} | {r['tokens_per_answer']:.0f} | "
